@@ -1,0 +1,568 @@
+"""The TinyLM decoder-only language model, built the way Transformers 5 builds its own models.
+
+Read top to bottom: norms -> position schemes -> attention -> MLP -> decoder block -> pretrained base ->
+`TinyLMModel` -> `TinyLMForCausalLM`. Notation in shape comments: B batch, T query length, S key/value length,
+H query heads, K key/value heads, D head dim, E hidden size.
+
+This file is copied next to the weights by `save_pretrained` (for `trust_remote_code`), so besides
+`torch`, `transformers` and the standard library it imports only `.configuration_tinylm`.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.import_utils import is_torchdynamo_compiling
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_tinylm import TinyLMConfig
+
+# ----------------------------------------------------------------------------------------------- norms
+
+
+class TinyLMRMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich, 2019), computed in float32 as Llama does so low-precision runs stay stable."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(hidden_states.float(), hidden_states.shape[-1:], eps=self.eps)
+        return self.weight * normed.to(hidden_states.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.eps}"
+
+
+def build_norm(config: TinyLMConfig) -> nn.Module:
+    if config.norm_type == "rmsnorm":
+        return TinyLMRMSNorm(config.hidden_size, eps=config.norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+
+
+# ----------------------------------------------------------------------------------------------- positions
+
+
+def _check_positions_fit(position_ids: torch.Tensor, max_positions: int, kind: str) -> None:
+    """Absolute position tables have `max_positions` rows: a longer input must fail here, clearly."""
+    if is_torchdynamo_compiling():
+        return
+    needed = int(position_ids.max()) + 1
+    if needed > max_positions:
+        raise ValueError(
+            f"The input needs {needed} positions but this model's {kind} position embeddings cover "
+            f"max_position_embeddings={max_positions}. Shorten the input (prompt plus max_new_tokens), or use a "
+            "model with rotary or ALiBi positions, which have no fixed limit."
+        )
+
+
+class TinyLMLearnedPositionalEmbedding(nn.Embedding):
+    """GPT-2's learned absolute positions: one trained vector per position."""
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        _check_positions_fit(position_ids, self.num_embeddings, "learned")
+        return super().forward(position_ids)
+
+
+class TinyLMSinusoidalPositionalEmbedding(nn.Module):
+    """The fixed sine/cosine table of 'Attention Is All You Need', built once (a non-persistent buffer)."""
+
+    def __init__(self, max_positions: int, hidden_size: int):
+        super().__init__()
+        self.max_positions = max_positions
+        self.hidden_size = hidden_size
+        self.weight = nn.Buffer(self.compute_table(max_positions, hidden_size), persistent=False)
+
+    @staticmethod
+    def compute_table(max_positions: int, hidden_size: int) -> torch.Tensor:
+        # table[p, 2i] = sin(p / 10000^(2i/E)), table[p, 2i+1] = cos(p / 10000^(2i/E))
+        position = torch.arange(max_positions, dtype=torch.float32)[:, None]
+        inv_freq = torch.exp(torch.arange(0, hidden_size, 2, dtype=torch.float32) * (-math.log(10000.0) / hidden_size))
+        table = torch.zeros(max_positions, hidden_size)
+        table[:, 0::2] = torch.sin(position * inv_freq)
+        table[:, 1::2] = torch.cos(position * inv_freq)[:, : hidden_size // 2]
+        return table
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        _check_positions_fit(position_ids, self.max_positions, "sinusoidal")
+        return F.embedding(position_ids, self.weight)
+
+
+class TinyLMRotaryEmbedding(nn.Module):
+    """RoPE (Su et al., 2021): cos/sin of position x inverse frequency, for any `rope_type` Transformers knows."""
+
+    def __init__(self, config: TinyLMConfig):
+        super().__init__()
+        self.config = config
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = config.rope_parameters["rope_type"]
+        rope_init_fn = self.compute_default_rope_parameters
+        if self.rope_type != "default":
+            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = rope_init_fn(config)
+        self.inv_freq = nn.Buffer(inv_freq, persistent=False)
+        self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: TinyLMConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        base, dim = config.rope_parameters["rope_theta"], config.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+        return inv_freq, 1.0
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # (B, T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
+        cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+        return cos.to(x.dtype), sin.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate (B, H, T, D) queries and keys by (B, T, D) cos/sin (the half-split layout of Transformers' Llama)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+class TinyLMALiBi(nn.Module):
+    """ALiBi (Press et al., 2022): no position vectors; each head adds `slope * (key_pos - query_pos)` to its scores."""
+
+    def __init__(self, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.slopes = nn.Buffer(self.compute_slopes(num_heads), persistent=False)
+
+    @staticmethod
+    def compute_slopes(num_heads: int) -> torch.Tensor:
+        """Geometric slopes 2^(-8/n), 2^(-16/n), ...; for a head count that is not a power of two, the paper's
+        recipe: the slopes of the nearest lower power of two, then every other slope of the next one."""
+
+        def power_of_two_slopes(n: int) -> list[float]:
+            start = 2.0 ** (-8.0 / n)
+            return [start ** (i + 1) for i in range(n)]
+
+        closest = 2 ** math.floor(math.log2(num_heads))
+        slopes = power_of_two_slopes(closest)
+        slopes += power_of_two_slopes(2 * closest)[0::2][: num_heads - closest]
+        return torch.tensor(slopes, dtype=torch.float32)
+
+    def forward(self, query_offset, query_length: int, key_offset: int, key_length: int, batch_size: int, dtype):
+        """The (B, H, T, S) additive bias for queries at `query_offset + [0, T)` and keys at `key_offset + [0, S)`."""
+        device = self.slopes.device
+        query_pos = torch.arange(query_length, device=device) + query_offset
+        key_pos = torch.arange(key_length, device=device) + key_offset
+        distance = (key_pos[None, :] - query_pos[:, None]).to(torch.float32)  # (T, S), <= 0 where attended
+        bias = self.slopes[:, None, None] * distance[None]  # (H, T, S)
+        return bias.to(dtype)[None].expand(batch_size, -1, -1, -1)
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, K, S, D) -> (B, K * n_rep, S, D): each key/value head serves `n_rep` query heads."""
+    if n_rep == 1:
+        return hidden_states
+    batch, kv_heads, length, head_dim = hidden_states.shape
+    expanded = hidden_states[:, :, None].expand(batch, kv_heads, n_rep, length, head_dim)
+    return expanded.reshape(batch, kv_heads * n_rep, length, head_dim)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    position_bias: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax(q·k * scaling + bias + mask)·v; the reference the fused kernels are tested against."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    if position_bias is not None:
+        scores = scores + position_bias
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, H, D)
+    return output, weights
+
+
+class TinyLMAttention(nn.Module):
+    """Causal self-attention with K key/value heads shared by H query heads.
+
+    K == H is multi-head, K == 1 multi-query, anything in between grouped-query attention. q, k and v come from
+    one fused projection (one matmul instead of three); the kernel is chosen by `config._attn_implementation`
+    through Transformers' attention interface (eager, sdpa, flex, flash).
+    """
+
+    def __init__(self, config: TinyLMConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_causal = True
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        self.sliding_window = config.sliding_window
+        self.attention_dropout = config.attention_dropout
+        scale = config.attention_scale if config.attention_scale is not None else self.head_dim**-0.5
+        self.scaling = scale / (layer_idx + 1) if config.scale_attn_by_inverse_layer_idx else scale
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_key_value_heads * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.attention_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, length, _ = hidden_states.shape
+        query, key, value = self.qkv_proj(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        query = query.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        key = key.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        value = value.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        if position_embeddings is not None:
+            query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, K, S, D)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,
+            **kwargs,
+        )
+        output = self.o_proj(output.reshape(batch, length, -1))
+        return output, weights
+
+
+# ----------------------------------------------------------------------------------------------- MLP
+
+
+class TinyLMMLP(nn.Module):
+    """GPT-2's two-layer MLP, `down(act(up(x)))`."""
+
+    def __init__(self, config: TinyLMConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(x)))
+
+
+class TinyLMGatedMLP(nn.Module):
+    """The gated MLP of Shazeer (2020), `down(act(gate(x)) * up(x))`: SwiGLU with `silu`, GeGLU with `gelu`."""
+
+    def __init__(self, config: TinyLMConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+# ----------------------------------------------------------------------------------------------- block
+
+
+class TinyLMDecoderLayer(GradientCheckpointingLayer):
+    """One transformer block: attention then MLP, each on a residual branch.
+
+    pre-norm (GPT-2, Llama):          x = x + attn(attn_norm(x));  x = x + mlp(mlp_norm(x))
+    post-norm (Vaswani et al., 2017): x = attn_norm(x + attn(x));  x = mlp_norm(x + mlp(x))
+    """
+
+    def __init__(self, config: TinyLMConfig, layer_idx: int):
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.attn_norm = build_norm(config)
+        self.self_attn = TinyLMAttention(config, layer_idx)
+        self.mlp_norm = build_norm(config)
+        self.mlp = TinyLMGatedMLP(config) if config.mlp_type == "glu" else TinyLMMLP(config)
+        self.residual_dropout = nn.Dropout(config.residual_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if self.pre_norm:
+            hidden_states = self.attn_norm(hidden_states)
+        hidden_states, _ = self.self_attn(
+            hidden_states,
+            attention_mask=attention_mask,
+            position_embeddings=position_embeddings,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+        hidden_states = residual + self.residual_dropout(hidden_states)
+        if not self.pre_norm:
+            hidden_states = self.attn_norm(hidden_states)
+
+        residual = hidden_states
+        if self.pre_norm:
+            hidden_states = self.mlp_norm(hidden_states)
+        hidden_states = residual + self.residual_dropout(self.mlp(hidden_states))
+        if not self.pre_norm:
+            hidden_states = self.mlp_norm(hidden_states)
+        return hidden_states
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+class TinyLMPreTrainedModel(PreTrainedModel):
+    config: TinyLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TinyLMDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": TinyLMDecoderLayer, "attentions": TinyLMAttention}
+
+    def __init__(self, config: TinyLMConfig, *inputs, **kwargs):
+        config.validate_architecture()  # the fields may have been edited since the config was built
+        super().__init__(config, *inputs, **kwargs)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2's initialisation: N(0, initializer_range) everywhere, and the projections that write into the
+        residual stream scaled by 1/sqrt(2 * layers) ("a modified initialization which accounts for the
+        accumulation on the residual path with model depth", Radford et al., 2019). Position tables, RoPE
+        frequencies and ALiBi slopes are rebuilt here too: `from_pretrained` creates the model on the meta device,
+        so non-persistent buffers must be recomputed, not loaded."""
+        super()._init_weights(module)  # Linear/Embedding normal, norms ones/zeros, rotary inv_freq
+        residual_std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
+        if isinstance(module, TinyLMAttention):
+            init.normal_(module.o_proj.weight, mean=0.0, std=residual_std)
+        elif isinstance(module, (TinyLMMLP, TinyLMGatedMLP)):
+            init.normal_(module.down_proj.weight, mean=0.0, std=residual_std)
+        elif isinstance(module, TinyLMSinusoidalPositionalEmbedding):
+            init.copy_(module.weight, module.compute_table(module.max_positions, module.hidden_size))
+        elif isinstance(module, TinyLMALiBi):
+            init.copy_(module.slopes, module.compute_slopes(module.num_heads))
+
+
+class TinyLMModel(TinyLMPreTrainedModel):
+    """The decoder stack: token (and position) embeddings, the blocks, a final norm; hidden states out."""
+
+    def __init__(self, config: TinyLMConfig):
+        super().__init__(config)
+        positions = config.position_embedding_type
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.embed_positions = None  # absolute positions, added to the token embeddings
+        self.rotary_emb = None  # rotary positions, applied to q and k in every layer
+        self.alibi = None  # ALiBi, an additive attention bias
+        if positions == "learned":
+            self.embed_positions = TinyLMLearnedPositionalEmbedding(config.max_position_embeddings, config.hidden_size)
+        elif positions == "sinusoidal":
+            self.embed_positions = TinyLMSinusoidalPositionalEmbedding(
+                config.max_position_embeddings, config.hidden_size
+            )
+        elif positions == "rotary":
+            self.rotary_emb = TinyLMRotaryEmbedding(config)
+        else:
+            self.alibi = TinyLMALiBi(config.num_attention_heads)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.layers = nn.ModuleList(TinyLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        # Post-norm blocks already end in a norm; pre-norm stacks need one before the head.
+        self.norm = build_norm(config) if config.norm_position == "pre" else nn.Identity()
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            self._check_token_ids(input_ids)
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = self._default_position_ids(attention_mask, past_length, length, inputs_embeds.device)
+
+        mask_function = create_sliding_window_causal_mask if self.config.sliding_window else create_causal_mask
+        attention_mask_4d = mask_function(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+
+        hidden_states = inputs_embeds
+        position_embeddings = None
+        if self.embed_positions is not None:
+            hidden_states = hidden_states + self.embed_positions(position_ids).to(hidden_states.dtype)
+        elif self.rotary_emb is not None:
+            position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        else:
+            kwargs["position_bias"] = self._alibi_bias(past_key_values, past_length, batch, length, hidden_states.dtype)
+        hidden_states = self.embedding_dropout(hidden_states)
+
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=attention_mask_4d,
+                position_embeddings=position_embeddings,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, past_key_values=past_key_values if use_cache else None
+        )
+
+    def _check_token_ids(self, input_ids: torch.Tensor) -> None:
+        if is_torchdynamo_compiling() or input_ids.numel() == 0:
+            return
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"Token id {bad} is outside this model's vocabulary [0, {self.config.vocab_size}). Use the "
+                "tokenizer the model was trained with, or call `model.resize_token_embeddings(len(tokenizer))` "
+                "after adding tokens."
+            )
+
+    @staticmethod
+    def _default_position_ids(attention_mask, past_length, length, device) -> torch.Tensor:
+        """Positions count real tokens only, so a left-padded row gets the positions it would have alone."""
+        if attention_mask is not None and attention_mask.dim() == 2:
+            position_ids = attention_mask.long().cumsum(-1) - 1
+            return position_ids.clamp(min=0)[:, -length:]
+        return (torch.arange(length, device=device) + past_length)[None]
+
+    def _alibi_bias(self, past_key_values, past_length, batch, length, dtype) -> torch.Tensor:
+        if "flash" in self.config._attn_implementation:
+            raise ValueError(
+                f"attn_implementation={self.config._attn_implementation!r} cannot add ALiBi's attention bias. "
+                "Use 'sdpa' (the default), 'eager' or 'flex_attention' for ALiBi models."
+            )
+        # Key positions follow the cache (a sliding-window cache keeps only the last keys): ALiBi only needs
+        # distances, and left padding shifts queries and keys alike.
+        if past_key_values is not None:
+            key_length, key_offset = past_key_values.get_mask_sizes(length, 0)
+        else:
+            key_length, key_offset = length, 0
+        return self.alibi(past_length, length, key_offset, key_length, batch, dtype)
+
+
+class TinyLMForCausalLM(TinyLMPreTrainedModel, GenerationMixin):
+    """TinyLM with a language-modelling head, tied to the token embeddings when `tie_word_embeddings`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: TinyLMConfig):
+        super().__init__(config)
+        self.model = TinyLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CausalLMOutputWithPast:
+        r"""`labels` are the input ids themselves (shifted inside the loss; -100 is ignored). `logits_to_keep`
+        computes logits for the last N positions only (0 keeps all), which is what `generate` asks for."""
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+# Saved models carry this file and the config's, so a Hub user loads them with `trust_remote_code=True`.
+TinyLMModel.register_for_auto_class("AutoModel")
+TinyLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = ["TinyLMPreTrainedModel", "TinyLMModel", "TinyLMForCausalLM"]
