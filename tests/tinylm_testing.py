@@ -1,0 +1,78 @@
+"""Tiny TinyLM configurations shared by the tests, and the pairwise table of architecture variants."""
+
+import itertools
+
+import torch
+
+from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
+
+VOCAB = 64
+
+# Every value of every variant factor, and every pair of values of two factors, appears in at least one row
+# (checked by test_variant_table_covers_every_pair_of_choices).
+VARIANT_FACTORS = {
+    "position_embedding_type": ["learned", "sinusoidal", "rotary", "alibi"],
+    "attention": ["mha", "gqa", "mqa"],
+    "norm_type": ["layernorm", "rmsnorm"],
+    "norm_position": ["pre", "post"],
+    "mlp_type": ["mlp", "glu"],
+    "sliding_window": [None, 4],
+    "tie_word_embeddings": [True, False],
+}
+VARIANTS = [
+    ("learned", "mha", "rmsnorm", "post", "glu", 4, True),
+    ("learned", "gqa", "rmsnorm", "pre", "glu", None, False),
+    ("learned", "mqa", "layernorm", "pre", "mlp", None, True),
+    ("sinusoidal", "mha", "layernorm", "pre", "glu", None, False),
+    ("sinusoidal", "gqa", "rmsnorm", "post", "mlp", 4, True),
+    ("sinusoidal", "mqa", "rmsnorm", "post", "glu", 4, False),
+    ("rotary", "mha", "rmsnorm", "pre", "mlp", 4, False),
+    ("rotary", "gqa", "layernorm", "pre", "glu", 4, True),
+    ("rotary", "mqa", "layernorm", "post", "mlp", None, True),
+    ("alibi", "mha", "layernorm", "pre", "glu", 4, False),
+    ("alibi", "gqa", "layernorm", "pre", "mlp", 4, False),
+    ("alibi", "mqa", "rmsnorm", "post", "mlp", None, True),
+]
+KV_HEADS = {"mha": 4, "gqa": 2, "mqa": 1}
+
+
+def variant_id(row: tuple) -> str:
+    return "-".join(str(value) for value in row).replace("None", "full")
+
+
+def variant_config(row: tuple, **overrides) -> TinyLMConfig:
+    settings = dict(zip(VARIANT_FACTORS, row))
+    attention = settings.pop("attention")
+    hidden_act = "silu" if settings["mlp_type"] == "glu" else "gelu_new"
+    return tiny_config(num_key_value_heads=KV_HEADS[attention], hidden_act=hidden_act, **settings, **overrides)
+
+
+def tiny_config(**overrides) -> TinyLMConfig:
+    fields = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    return TinyLMConfig(**{**fields, **overrides})
+
+
+def build(config: TinyLMConfig, seed: int = 0) -> TinyLMForCausalLM:
+    """A model in eval mode whose norms are randomised too, so that a mistake anywhere moves the logits."""
+    torch.manual_seed(seed)
+    model = TinyLMForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def all_pairs(rows, factors) -> set:
+    names = list(factors)
+    return {
+        (a, row[i], b, row[j]) for row in rows for (i, a), (j, b) in itertools.combinations(enumerate(names), 2)
+    }
