@@ -180,6 +180,11 @@ class TinyLMALiBi(nn.Module):
 # ----------------------------------------------------------------------------------------------- attention
 
 
+class TinyLMResidualProjection(nn.Linear):
+    """A projection that writes into the residual stream (attention output, MLP output): GPT-2 initialises these
+    with a smaller std, see `TinyLMPreTrainedModel._init_weights`."""
+
+
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
     """(B, K, S, D) -> (B, K * n_rep, S, D): each key/value head serves `n_rep` query heads."""
     if n_rep == 1:
@@ -238,7 +243,7 @@ class TinyLMAttention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_key_value_heads * self.head_dim
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.attention_bias)
+        self.o_proj = TinyLMResidualProjection(self.q_size, config.hidden_size, bias=config.attention_bias)
 
     def forward(
         self,
@@ -285,7 +290,7 @@ class TinyLMMLP(nn.Module):
     def __init__(self, config: TinyLMConfig):
         super().__init__()
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.down_proj = TinyLMResidualProjection(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -299,7 +304,7 @@ class TinyLMGatedMLP(nn.Module):
         super().__init__()
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.down_proj = TinyLMResidualProjection(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -382,12 +387,12 @@ class TinyLMPreTrainedModel(PreTrainedModel):
         accumulation on the residual path with model depth", Radford et al., 2019). Position tables, RoPE
         frequencies and ALiBi slopes are rebuilt here too: `from_pretrained` creates the model on the meta device,
         so non-persistent buffers must be recomputed, not loaded."""
+        # Transformers calls this per module, and skips (for custom code) modules without parameters of their own,
+        # so each rule below targets the module that owns the tensor.
         super()._init_weights(module)  # Linear/Embedding normal, norms ones/zeros, rotary inv_freq
-        residual_std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
-        if isinstance(module, TinyLMAttention):
-            init.normal_(module.o_proj.weight, mean=0.0, std=residual_std)
-        elif isinstance(module, (TinyLMMLP, TinyLMGatedMLP)):
-            init.normal_(module.down_proj.weight, mean=0.0, std=residual_std)
+        if isinstance(module, TinyLMResidualProjection):
+            residual_std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
+            init.normal_(module.weight, mean=0.0, std=residual_std)
         elif isinstance(module, TinyLMSinusoidalPositionalEmbedding):
             init.copy_(module.weight, module.compute_table(module.max_positions, module.hidden_size))
         elif isinstance(module, TinyLMALiBi):
