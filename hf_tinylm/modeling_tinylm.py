@@ -486,7 +486,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
     def _check_token_ids(self, input_ids: torch.Tensor) -> None:
         if is_torchdynamo_compiling() or input_ids.numel() == 0:
             return
-        low, high = int(input_ids.min()), int(input_ids.max())
+        low, high = (int(bound) for bound in torch.aminmax(input_ids))
         if low < 0 or high >= self.config.vocab_size:
             bad = low if low < 0 else high
             raise ValueError(
