@@ -1,5 +1,6 @@
 """Write a folder all at once: work happens in a temporary sibling that replaces the target only on success."""
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,9 @@ def atomic_output_folder(target: str | Path, overwrite: bool = False) -> Iterato
         raise FileExistsError(f"Output folder {target} already exists; pass --overwrite to replace it.")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets the usual permissions
     try:
         yield staging
     except BaseException:

@@ -1,0 +1,12 @@
+"""Convert a Transformers GPT-2 checkpoint (folder or Hub repo id) to a TinyLM folder.
+
+Usage: python scripts/convert/convert_gpt2_to_tinylm.py SOURCE OUTPUT [--dtype ...] [--overwrite]
+Same as `tinylm convert SOURCE OUTPUT`; see `--help`.
+"""
+
+import sys
+
+from hf_tinylm.conversion.command import main
+
+if __name__ == "__main__":
+    sys.exit(main(to="tinylm", prog="convert_gpt2_to_tinylm.py"))

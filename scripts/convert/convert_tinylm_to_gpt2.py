@@ -1,0 +1,12 @@
+"""Export a GPT-2-compatible TinyLM checkpoint to a standard Transformers GPT-2 folder.
+
+Usage: python scripts/convert/convert_tinylm_to_gpt2.py SOURCE OUTPUT [--dtype ...] [--overwrite]
+Same as `tinylm convert SOURCE OUTPUT --to gpt2`; see `--help`.
+"""
+
+import sys
+
+from hf_tinylm.conversion.command import main
+
+if __name__ == "__main__":
+    sys.exit(main(to="gpt2", prog="convert_tinylm_to_gpt2.py"))
