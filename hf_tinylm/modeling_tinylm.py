@@ -405,7 +405,8 @@ class TinyLMModel(TinyLMPreTrainedModel):
     def __init__(self, config: TinyLMConfig):
         super().__init__(config)
         positions = config.position_embedding_type
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        # No `padding_idx`: GPT-2 pads with its end-of-text token, whose embedding must still be learned.
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embed_positions = None  # absolute positions, added to the token embeddings
         self.rotary_emb = None  # rotary positions, applied to q and k in every layer
         self.alibi = None  # ALiBi, an additive attention bias

@@ -139,3 +139,13 @@ def test_pipeline_generates_batched_left_padded_with_the_real_gpt2_tokenizer(sha
     assert tokenizer.padding_side == "left"
     assert [b[0]["generated_text"] for b in batched] == [o[0]["generated_text"] for o in one_by_one]
     assert all(len(tokenizer(o[0]["generated_text"]).input_ids) >= 6 for o in one_by_one)
+
+
+def test_pad_token_embedding_is_initialised_and_learned_like_any_other():
+    """GPT-2 pads with its end-of-text token, so the pad id's embedding row must not be frozen at zero."""
+    model = build(tiny_config(pad_token_id=5, eos_token_id=5))
+    row = model.model.embed_tokens.weight[5]
+    assert row.abs().max() > 0
+    ids = torch.tensor([[5, 7, 5, 9, 11, 5]])
+    model(ids, labels=ids).loss.backward()
+    assert model.model.embed_tokens.weight.grad[5].abs().max() > 0
