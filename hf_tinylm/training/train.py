@@ -1,0 +1,442 @@
+"""`tinylm train`: pre-train or fine-tune a TinyLM with `Trainer`, then save a Hub-ready folder.
+
+Layout on disk: Trainer checkpoints (for `--resume`) go to `<output>-checkpoints/` (or `--checkpoint-dir`), together
+with the tokenizer trained for a from-scratch run; the final folder `<output>/` is written all at once when
+training succeeded (weights, config, code files for `trust_remote_code`, tokenizer, generation config, model card,
+`trainer_state.json` and `all_results.json`).
+"""
+
+import json
+import math
+import os
+import platform
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import ModelCardData
+from transformers import (
+    AutoModelForCausalLM,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..configuration_tinylm import PRESETS, TinyLMConfig
+from ..info import read_tinylm_config
+from ..modeling_tinylm import TinyLMForCausalLM
+from ..model_card import render_model_card
+from ..output_folder import atomic_output_folder
+from . import data as data_lib
+from .tokenizer import BYTE_VOCAB_SIZE, byte_level_tokenizer, load_tokenizer, train_bpe_tokenizer
+
+TOKENIZER_CHOICES = ("auto", "bpe", "byte")
+
+
+@dataclass
+class TrainSettings:
+    """Everything `tinylm train` needs; the defaults are the command's defaults."""
+
+    output: Path
+    data: list[str] = field(default_factory=list)
+    glob: list[str] = field(default_factory=lambda: list(data_lib.DEFAULT_PATTERNS))
+    dataset: str | None = None
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    text_column: str = "text"
+    validation_data: list[str] = field(default_factory=list)
+    validation_split: float = 0.05
+    data_description: str | None = None  # for the model card; derived from the sources when None
+    # model: exactly one of `model` (fine-tune a folder), `preset` or `config` (a config.json), default preset tiny
+    model: str | None = None
+    preset: str | None = None
+    config: str | None = None
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = "auto"  # "auto" | "bpe" | "byte" | a tokenizer folder
+    vocab_size: int | None = None
+    block_size: int | None = None
+    # optimisation
+    batch_size: int = 8
+    eval_batch_size: int | None = None
+    gradient_accumulation_steps: int = 1
+    learning_rate: float | None = None  # 5e-4 from scratch, 5e-5 fine-tuning
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+    epochs: float = 1.0
+    max_steps: int = -1
+    seed: int = 42
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    # bookkeeping
+    logging_steps: int = 10
+    eval_steps: int | None = None  # None: evaluate only before and after training
+    save_steps: int = 500  # 0: no checkpoints
+    save_total_limit: int | None = 2
+    checkpoint_dir: Path | None = None
+    resume: str | None = None  # "latest" or a checkpoint folder
+    overwrite: bool = False
+    # distributed (torchrun / accelerate launch)
+    ddp_backend: str | None = None
+    fsdp: str = ""
+    fsdp_config: str | None = None
+    dataloader_workers: int = 0
+    progress: bool = True
+
+
+@dataclass
+class TrainReport:
+    output: Path
+    steps: int
+    tokens_seen: int
+    train_loss: float  # the last logged training loss (mean over the last --logging-steps steps)
+    perplexity_before: float
+    perplexity_after: float
+    log_history: list[dict]
+
+
+def default_checkpoint_dir(output: Path) -> Path:
+    return output.parent / f"{output.name}-checkpoints"
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))
+
+
+class TinyLMTrainer(Trainer):
+    """`Trainer` that reports the held-out perplexity, exp(eval_loss), next to every eval loss."""
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "eval_loss" in logs:
+            logs["eval_perplexity"] = perplexity(logs["eval_loss"])
+        super().log(logs, start_time)
+
+
+def train(settings: TrainSettings) -> TrainReport:
+    """Run `tinylm train`. Input problems raise ValueError/OSError before anything is written."""
+    s = settings
+    output = Path(s.output)
+    checkpoint_dir = Path(s.checkpoint_dir) if s.checkpoint_dir else default_checkpoint_dir(output)
+    if output.exists() and not s.overwrite:
+        raise FileExistsError(f"Output folder {output} already exists; pass --overwrite to replace it.")
+    files = data_lib.resolve_data_files(s.data, s.glob) if s.data else []
+    validation_files = data_lib.resolve_data_files(s.validation_data, s.glob) if s.validation_data else []
+    if not files and not s.dataset:
+        raise ValueError("No training data: give --data FILE_OR_FOLDER... or --dataset NAME.")
+    if not 0 < s.validation_split < 1:
+        raise ValueError(f"--validation-split must lie in (0, 1), got {s.validation_split}.")
+    base_config, base_name = _base_config(s)
+    resume_from = _resume_checkpoint(s.resume, checkpoint_dir)
+    fine_tuning = s.model is not None
+
+    # Building the arguments initialises torch.distributed under torchrun / accelerate launch.
+    args = _training_arguments(s, checkpoint_dir, fine_tuning, evaluate_first=resume_from is None)
+    with args.main_process_first(desc="preparing data and tokenizer"):
+        if args.should_save and resume_from is None:
+            _clear_old_checkpoints(checkpoint_dir, s.overwrite)
+        raw = data_lib.load_text_dataset(files, s.dataset, s.dataset_config, s.dataset_split, s.text_column)
+        tokenizer, tokenizer_note = _tokenizer(s, raw, checkpoint_dir, fine_tuning, resume_from, args.should_save)
+        block_size = _block_size(s.block_size, base_config)
+        blocks = data_lib.tokenize_and_pack(raw, tokenizer, block_size)
+        if validation_files:
+            raw_validation = data_lib.load_text_dataset(validation_files, text_column=s.text_column)
+            train_blocks = blocks
+            validation_blocks = data_lib.tokenize_and_pack(raw_validation, tokenizer, block_size)
+            if len(train_blocks) == 0 or len(validation_blocks) == 0:
+                raise ValueError(f"Training or validation data is shorter than one block of {block_size} tokens.")
+        else:
+            train_blocks, validation_blocks = data_lib.split_blocks(blocks, s.validation_split)
+
+    set_seed(s.seed)
+    model = _build_model(s, base_config, tokenizer)
+    trainer = TinyLMTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_blocks,
+        eval_dataset=validation_blocks,
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+    )
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    final = trainer.evaluate()
+
+    history = trainer.state.log_history
+    report = TrainReport(
+        output=output,
+        steps=trainer.state.global_step,
+        tokens_seen=int(trainer.state.num_input_tokens_seen),
+        train_loss=next(e["loss"] for e in reversed(history) if "loss" in e),
+        perplexity_before=next(e["eval_perplexity"] for e in history if "eval_perplexity" in e),
+        perplexity_after=final["eval_perplexity"],
+        log_history=history,
+    )
+    facts = dict(
+        base=base_name,
+        fine_tuned=fine_tuning,
+        data=s.data_description or _describe_sources(s),
+        dataset=s.dataset,
+        tokenizer=tokenizer_note,
+        train_blocks=len(train_blocks),
+        validation_blocks=len(validation_blocks),
+        block_size=block_size,
+        global_batch=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        args=args,
+        runtime=result.metrics.get("train_runtime"),
+        epochs=trainer.state.epoch or 0.0,
+    )
+    _save_output(trainer, tokenizer, report, facts, s.overwrite)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def _base_config(s: TrainSettings) -> tuple[TinyLMConfig, str]:
+    chosen = [name for name in ("model", "preset", "config") if getattr(s, name)]
+    if len(chosen) > 1:
+        raise ValueError(f"Give only one of --model, --preset, --config (got {', '.join(chosen)}).")
+    if s.model:
+        if s.config_overrides:
+            raise ValueError("--config-overrides applies to --preset/--config (a new model), not to --model.")
+        return read_tinylm_config(s.model), str(s.model)
+    if s.config:
+        path = Path(s.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file not found: {path}")
+        config = TinyLMConfig.from_json_file(str(path))
+        return _override(config, s.config_overrides), f"config `{path.name}`" + _describe(s.config_overrides)
+    preset = s.preset or "tiny"
+    return TinyLMConfig.from_preset(preset, **s.config_overrides), f"preset `{preset}`" + _describe(s.config_overrides)
+
+
+def _describe(overrides: dict[str, Any]) -> str:
+    return (" with " + ", ".join(f"{k}={v}" for k, v in overrides.items())) if overrides else ""
+
+
+def _override(config: TinyLMConfig, overrides: dict[str, Any]) -> TinyLMConfig:
+    if not overrides:
+        return config
+    return TinyLMConfig(**{**config.to_dict(), **overrides})
+
+
+def parse_config_overrides(text: str | None) -> dict[str, Any]:
+    """`"hidden_size=64,num_hidden_layers=2,residual_dropout=0.1"` -> dict; values are JSON, else strings."""
+    overrides: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--config-overrides wants key=value pairs separated by commas, got {item!r}.")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    unknown = sorted(set(overrides) - set(TinyLMConfig().to_dict()))
+    if unknown:
+        raise ValueError(f"Unknown config field(s) in --config-overrides: {', '.join(unknown)}.")
+    return overrides
+
+
+def _resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> Path | None:
+    if resume is None:
+        return None
+    if resume != "latest":
+        path = Path(resume)
+        if not (path / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"{path} is not a Trainer checkpoint (no trainer_state.json).")
+        return path
+    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    if last is None:
+        raise FileNotFoundError(f"--resume: no checkpoint found in {checkpoint_dir}.")
+    return Path(last)
+
+
+def _clear_old_checkpoints(checkpoint_dir: Path, overwrite: bool) -> None:
+    if checkpoint_dir.is_dir() and any(checkpoint_dir.glob("checkpoint-*")):
+        if not overwrite:
+            raise FileExistsError(
+                f"{checkpoint_dir} holds checkpoints of an earlier run: pass --resume to continue it, or "
+                "--overwrite to start over."
+            )
+        shutil.rmtree(checkpoint_dir)
+
+
+def _tokenizer(s, raw, checkpoint_dir: Path, fine_tuning: bool, resume_from, is_main: bool):
+    """The tokenizer and a one-line description of it for the model card."""
+    if s.tokenizer not in TOKENIZER_CHOICES:
+        return load_tokenizer(s.tokenizer), f"from {s.tokenizer}"
+    if fine_tuning:
+        if not (Path(s.model) / "tokenizer_config.json").is_file():
+            raise ValueError(f"{s.model} has no tokenizer; pass --tokenizer FOLDER.")
+        return load_tokenizer(s.model), "the base model's tokenizer"
+    # From scratch: the main process builds the tokenizer and saves it in the checkpoint folder, where the other
+    # processes read it, so all of them use exactly the same vocabulary; a resumed run reads the checkpoint's copy.
+    saved = checkpoint_dir / "tokenizer"
+    if resume_from is not None:
+        tokenizer = load_tokenizer(resume_from)  # Trainer saves the tokenizer into every checkpoint
+    elif not is_main:
+        tokenizer = load_tokenizer(saved)
+    else:
+        kind = s.tokenizer
+        vocab_size = s.vocab_size or PRESETS.get(s.preset or "tiny", {}).get("vocab_size") or BYTE_VOCAB_SIZE
+        if kind == "auto":
+            kind = "byte" if vocab_size <= BYTE_VOCAB_SIZE else "bpe"
+        if kind == "byte":
+            tokenizer = byte_level_tokenizer()
+        else:
+            tokenizer = train_bpe_tokenizer(data_lib.iter_texts(raw), vocab_size, show_progress=s.progress)
+        tokenizer.save_pretrained(str(saved))
+    if len(tokenizer) == BYTE_VOCAB_SIZE:
+        return tokenizer, "byte-level (256 bytes + `<|endoftext|>`)"
+    return tokenizer, f"byte-level BPE with {len(tokenizer)} tokens, trained on the training data"
+
+
+def _block_size(requested: int | None, config: TinyLMConfig) -> int:
+    context = config.max_position_embeddings
+    block_size = requested or min(1024, context)
+    if block_size <= 0:
+        raise ValueError(f"--block-size must be positive, got {block_size}.")
+    if block_size > context and config.position_embedding_type in ("learned", "sinusoidal"):
+        raise ValueError(f"--block-size {block_size} exceeds the model's context of {context} positions.")
+    return block_size
+
+
+def _build_model(s: TrainSettings, config: TinyLMConfig, tokenizer):
+    """The model to train, with the tokenizer's special tokens (pad = EOS, as in GPT-2) in its configs."""
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    if s.model:
+        model = AutoModelForCausalLM.from_pretrained(s.model, dtype=torch.float32)
+        if len(tokenizer) > model.config.vocab_size:
+            model.resize_token_embeddings(len(tokenizer))
+    else:
+        config.vocab_size = len(tokenizer)
+        config.update(special)
+        model = TinyLMForCausalLM(config)
+    model.config.update(special)
+    model.generation_config.update(**special)
+    return model
+
+
+def _training_arguments(s: TrainSettings, checkpoint_dir: Path, fine_tuning: bool, evaluate_first: bool):
+    """The Trainer's arguments. `evaluate_first` gives the perplexity before training as the first eval entry of
+    the log (a resumed run has it in the restored log already). It must be `eval_on_start`, not a call to
+    `trainer.evaluate()` before `train()`: that call marks the model as prepared by Accelerate, and `train()`
+    then skips the DDP wrapper, so processes silently stop averaging gradients."""
+    learning_rate = s.learning_rate if s.learning_rate is not None else (5e-5 if fine_tuning else 5e-4)
+    # On a CPU-only machine say so: Accelerate then sets up multi-process CPU training (gloo) under torchrun,
+    # and the Trainer accepts bf16 on CPU.
+    no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available() or torch.xpu.is_available())
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=s.batch_size,
+        per_device_eval_batch_size=s.eval_batch_size or s.batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        weight_decay=s.weight_decay,
+        warmup_steps=s.warmup_steps,
+        lr_scheduler_type=s.lr_scheduler,
+        max_grad_norm=s.max_grad_norm,
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps,
+        logging_steps=s.logging_steps,
+        logging_first_step=True,
+        eval_on_start=evaluate_first,
+        eval_strategy="steps" if s.eval_steps else "no",
+        eval_steps=s.eval_steps,
+        save_strategy="steps" if s.save_steps else "no",
+        save_steps=s.save_steps or 500,
+        save_total_limit=s.save_total_limit,
+        seed=s.seed,
+        data_seed=s.seed,
+        bf16=s.bf16,
+        use_cpu=no_accelerator,
+        activation_checkpointing=s.gradient_checkpointing,
+        include_num_input_tokens_seen="all",
+        ddp_backend=s.ddp_backend,
+        ddp_find_unused_parameters=False,
+        fsdp=s.fsdp,
+        fsdp_config=s.fsdp_config,
+        dataloader_num_workers=s.dataloader_workers,
+        disable_tqdm=not s.progress,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        report_to="none",
+    )
+
+
+def _describe_sources(s: TrainSettings) -> str:
+    parts = [f"`{p}`" for p in s.data]
+    if s.dataset:
+        parts.append(f"the `{s.dataset}` dataset" + (f" ({s.dataset_config})" if s.dataset_config else ""))
+    return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------- output
+
+
+def _save_output(trainer: Trainer, tokenizer, report: TrainReport, facts: dict, overwrite: bool) -> None:
+    """Write the Hub-ready folder from the main process, all at once; every process takes part in gathering an
+    FSDP-sharded state dict first."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        context = model.config.max_position_embeddings
+        model.generation_config.update(do_sample=True, temperature=0.8, top_k=50, top_p=0.95,
+                                       max_new_tokens=min(100, context // 2))
+        with atomic_output_folder(report.output, overwrite=overwrite) as staging:
+            model.save_pretrained(str(staging), state_dict=state_dict)
+            tokenizer.model_max_length = context
+            tokenizer.save_pretrained(str(staging))
+            trainer.state.save_to_json(str(staging / "trainer_state.json"))
+            results = dict(train_loss=report.train_loss, steps=report.steps, tokens_seen=report.tokens_seen,
+                           perplexity_before=report.perplexity_before, perplexity_after=report.perplexity_after,
+                           train_runtime=facts["runtime"])
+            (staging / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+            _model_card(model, report, facts, report.output.name).save(str(staging / "README.md"))
+    trainer.accelerator.wait_for_everyone()
+
+
+def _model_card(model, report: TrainReport, facts: dict, name: str):
+    args: TrainingArguments = facts["args"]
+    parameters = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    device = "GPU" if torch.cuda.is_available() and not args.use_cpu else "CPU"
+    processes = f"{args.world_size} process" + ("es" if args.world_size > 1 else "")
+    hardware = (f"{processes} on {device} ({platform.machine()}, {os.cpu_count()} cores visible, "
+                f"torch {torch.__version__})")
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["tinylm", "text-generation", "custom_code"],
+        datasets=[facts["dataset"]] if facts["dataset"] else None,
+        model_name=name,
+    )
+    return render_model_card(
+        "trained",
+        card_data,
+        model_name=name,
+        base=facts["base"],
+        fine_tuned=facts["fine_tuned"],
+        data=facts["data"],
+        tokenizer=facts["tokenizer"],
+        parameters=f"{parameters:,}",
+        config=model.config,
+        steps=report.steps,
+        epochs=f"{facts['epochs']:.2f}",
+        tokens_seen=f"{report.tokens_seen:,}",
+        train_blocks=facts["train_blocks"],
+        validation_blocks=facts["validation_blocks"],
+        block_size=facts["block_size"],
+        global_batch=facts["global_batch"],
+        learning_rate=args.learning_rate,
+        scheduler=getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
+        precision="bf16" if args.bf16 else "fp32",
+        train_loss=f"{report.train_loss:.4f}",
+        perplexity_before=f"{report.perplexity_before:.2f}",
+        perplexity_after=f"{report.perplexity_after:.2f}",
+        runtime=f"{facts['runtime']:.0f} s" if facts["runtime"] is not None else "n/a",
+        hardware=hardware,
+    )
