@@ -67,33 +67,31 @@ def test_left_padded_batch_equals_prompts_run_one_by_one(row):
     assert torch.equal(generated[1], alone[1][0])
 
 
-@variants
-@torch.no_grad()
-def test_eager_and_sdpa_attention_agree_with_padding(row):
-    model = build(variant_config(row))
+def padded_logits_by_kernel(model, *implementations):
+    """Logits of one left-padded batch under each attention implementation, and the mask of real tokens."""
     ids = torch.randint(1, 64, (2, 10))
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
-    model.set_attn_implementation("eager")
-    eager = model(ids, attention_mask=mask).logits
-    model.set_attn_implementation("sdpa")
-    sdpa = model(ids, attention_mask=mask).logits
-    assert (eager - sdpa)[mask.bool()].abs().max() <= TOL
+    logits = []
+    for implementation in implementations:
+        model.set_attn_implementation(implementation)
+        logits.append(model(ids, attention_mask=mask).logits)
+    return logits, mask.bool()
+
+
+@variants
+@torch.no_grad()
+def test_eager_and_sdpa_attention_agree_with_padding(row):
+    (eager, sdpa), real = padded_logits_by_kernel(build(variant_config(row)), "eager", "sdpa")
+    assert (eager - sdpa)[real].abs().max() <= TOL
 
 
 @pytest.mark.parametrize("row", VARIANTS[::3], ids=[variant_id(row) for row in VARIANTS[::3]])
 @torch.no_grad()
 def test_flex_attention_agrees_with_eager(row):
     """One row per position scheme: flex compiles a kernel per shape, which is slow on CPU."""
-    model = build(variant_config(row))
-    ids = torch.randint(1, 64, (2, 10))
-    mask = torch.ones_like(ids)
-    mask[0, :3] = 0
-    model.set_attn_implementation("eager")
-    eager = model(ids, attention_mask=mask).logits
-    model.set_attn_implementation("flex_attention")
-    flex = model(ids, attention_mask=mask).logits
-    assert (eager - flex)[mask.bool()].abs().max() <= TOL
+    (eager, flex), real = padded_logits_by_kernel(build(variant_config(row)), "eager", "flex_attention")
+    assert (eager - flex)[real].abs().max() <= TOL
 
 
 @variants
