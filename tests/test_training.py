@@ -172,3 +172,14 @@ def test_bf16_mixed_precision_trains_and_saves_float32_weights(shared_data, tmp_
     assert losses[-1] < losses[0]
     assert all(t.dtype == torch.float32 for t in weights(tmp_path / "bf16").values())
     assert "| precision | bf16 |" in (tmp_path / "bf16" / "README.md").read_text()
+
+
+def test_from_scratch_tokenizer_gets_the_vocabulary_size_of_the_resolved_config(shared_data, tmp_path):
+    """A vocab_size set through --config-overrides (not the preset's) decides the BPE trained on the data."""
+    output = tmp_path / "model"
+    args = [*TINY_TRAIN_ARGS]
+    args[args.index("--config-overrides") + 1] += ",vocab_size=400"
+    code = main(["train", "--data", str(shared_data / "tinyshakespeare"), *args, "--max-steps", "2",
+                 "--save-steps", "0", "-o", str(output)])
+    assert code == 0
+    assert json.loads((output / "config.json").read_text())["vocab_size"] == 400

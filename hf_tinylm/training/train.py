@@ -26,7 +26,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..configuration_tinylm import PRESETS, TinyLMConfig
+from ..configuration_tinylm import TinyLMConfig
 from ..info import read_tinylm_config
 from ..modeling_tinylm import TinyLMForCausalLM
 from ..model_card import render_model_card
@@ -140,7 +140,10 @@ def train(settings: TrainSettings) -> TrainReport:
         if args.should_save and resume_from is None:
             _clear_old_checkpoints(checkpoint_dir, s.overwrite)
         raw = data_lib.load_text_dataset(files, s.dataset, s.dataset_config, s.dataset_split, s.text_column)
-        tokenizer, tokenizer_note = _tokenizer(s, raw, checkpoint_dir, fine_tuning, resume_from, args.should_save)
+        vocab_size = s.vocab_size or base_config.vocab_size
+        tokenizer, tokenizer_note = _tokenizer(
+            s, raw, checkpoint_dir, fine_tuning, resume_from, args.should_save, vocab_size
+        )
         block_size = _block_size(s.block_size, base_config)
         blocks = data_lib.tokenize_and_pack(raw, tokenizer, block_size)
         if validation_files:
@@ -265,8 +268,9 @@ def _clear_old_checkpoints(checkpoint_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(checkpoint_dir)
 
 
-def _tokenizer(s, raw, checkpoint_dir: Path, fine_tuning: bool, resume_from, is_main: bool):
-    """The tokenizer and a one-line description of it for the model card."""
+def _tokenizer(s, raw, checkpoint_dir: Path, fine_tuning: bool, resume_from, is_main: bool, vocab_size: int):
+    """The tokenizer and a one-line description of it for the model card; a new one gets `vocab_size` tokens
+    (byte-level when that is at most 257)."""
     if s.tokenizer not in TOKENIZER_CHOICES:
         return load_tokenizer(s.tokenizer), f"from {s.tokenizer}"
     if fine_tuning:
@@ -282,7 +286,6 @@ def _tokenizer(s, raw, checkpoint_dir: Path, fine_tuning: bool, resume_from, is_
         tokenizer = load_tokenizer(saved)
     else:
         kind = s.tokenizer
-        vocab_size = s.vocab_size or PRESETS.get(s.preset or "tiny", {}).get("vocab_size") or BYTE_VOCAB_SIZE
         if kind == "auto":
             kind = "byte" if vocab_size <= BYTE_VOCAB_SIZE else "bpe"
         if kind == "byte":
