@@ -44,7 +44,7 @@ def train_bpe_tokenizer(texts: Iterable[list[str]], vocab_size: int, show_progre
     )
     _set_byte_level(backend)
     backend.train_from_iterator(texts, trainer=trainer)
-    return _wrap(backend, pre_set=True)
+    return _wrap(backend)
 
 
 def _set_byte_level(backend: Tokenizer) -> None:
@@ -52,9 +52,8 @@ def _set_byte_level(backend: Tokenizer) -> None:
     backend.decoder = decoders.ByteLevel()
 
 
-def _wrap(backend: Tokenizer, pre_set: bool = False) -> PreTrainedTokenizerFast:
-    if not pre_set:
-        _set_byte_level(backend)
+def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    _set_byte_level(backend)  # already set before BPE training; setting it again is harmless
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False)
     tokenizer.add_special_tokens({"eos_token": EOS})
     return ensure_special_tokens(tokenizer)
