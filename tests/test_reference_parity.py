@@ -57,6 +57,15 @@ def load_exactly(model, weights):
     return model.eval()
 
 
+def assert_same_logits_and_greedy_generation(tiny, reference):
+    """Logits on 40 random tokens within TOL, and 24 greedy tokens after an 8-token prompt identical."""
+    ids = torch.randint(0, 128, (3, 40))
+    assert (tiny(ids).logits - reference(ids).logits).abs().max() <= TOL
+    prompt = ids[:, :8]
+    expected = reference.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=0)
+    assert torch.equal(tiny.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=0), expected)
+
+
 def test_gpt2_preset_has_exactly_the_parameters_of_gpt2():
     ours = TinyLMForCausalLM(TinyLMConfig.from_preset("gpt2")).num_parameters()
     assert ours == GPT2LMHeadModel(GPT2Config()).num_parameters() == 124_439_808
@@ -82,12 +91,7 @@ def test_gpt2_style_tinylm_matches_gpt2lmheadmodel(options):
         scale_attn_by_inverse_layer_idx=gpt2_config.scale_attn_by_inverse_layer_idx,
     ))
     load_exactly(tiny, gpt2_weights_for_tinylm(gpt2))
-
-    ids = torch.randint(0, 128, (3, 40))
-    assert (tiny(ids).logits - gpt2(ids).logits).abs().max() <= TOL
-    prompt = ids[:, :8]
-    expected = gpt2.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=0)
-    assert torch.equal(tiny.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=0), expected)
+    assert_same_logits_and_greedy_generation(tiny, gpt2)
 
 
 @pytest.mark.parametrize(
@@ -111,8 +115,4 @@ def test_llama_style_tinylm_matches_llamaforcausallm(rope_parameters, tied):
 
     # 40 + 24 tokens run past max_position_embeddings=32: rotary positions have no hard limit, and dynamic
     # scaling only starts beyond it.
-    ids = torch.randint(0, 128, (3, 40))
-    assert (tiny(ids).logits - llama(ids).logits).abs().max() <= TOL
-    prompt = ids[:, :8]
-    expected = llama.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=0)
-    assert torch.equal(tiny.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=0), expected)
+    assert_same_logits_and_greedy_generation(tiny, llama)
