@@ -6,9 +6,21 @@ This file is copied next to the weights by `save_pretrained` (for `trust_remote_
 
 from typing import Any
 
-from transformers import PreTrainedConfig
-from transformers.activations import ACT2FN
-from transformers.modeling_rope_utils import RopeParameters
+from transformers.utils.versions import require_version
+
+# The oldest Transformers this file and `modeling_tinylm.py` run on: 5.24 renamed the KV-cache argument and output
+# field from `past_key_values` to `cache`. Checked first, so a Hub user on an older release is refused at load time
+# instead of getting silently wrong generations.
+MIN_TRANSFORMERS_VERSION = "5.24.0"
+require_version(
+    f"transformers>={MIN_TRANSFORMERS_VERSION}",
+    f"TinyLM models need transformers>={MIN_TRANSFORMERS_VERSION}: upgrade with "
+    f"`pip install -U \"transformers>={MIN_TRANSFORMERS_VERSION},<6\"`.",
+)
+
+from transformers import PreTrainedConfig  # noqa: E402
+from transformers.activations import ACT2FN  # noqa: E402
+from transformers.modeling_rope_utils import RopeParameters  # noqa: E402
 
 POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal", "rotary", "alibi")
 NORM_TYPES = ("layernorm", "rmsnorm")
@@ -96,7 +108,7 @@ class TinyLMConfig(PreTrainedConfig):
     """
 
     model_type = "tinylm"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
     base_model_pp_plan = {
         "embed_tokens": (["input_ids"], ["inputs_embeds"]),
         "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),

@@ -25,6 +25,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_u
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.import_utils import is_torchdynamo_compiling
 from transformers.utils.output_capturing import capture_outputs
@@ -125,7 +126,6 @@ class TinyLMRotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
         return inv_freq, 1.0
 
-    @torch.no_grad()
     @dynamic_rope_update
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # (B, T, D/2)
@@ -250,7 +250,7 @@ class TinyLMAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
@@ -260,8 +260,8 @@ class TinyLMAttention(nn.Module):
         value = value.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         if position_embeddings is not None:
             query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, K, S, D)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # (B, K, S, D)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -335,7 +335,7 @@ class TinyLMDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         residual = hidden_states
@@ -345,7 +345,7 @@ class TinyLMDecoderLayer(GradientCheckpointingLayer):
             hidden_states,
             attention_mask=attention_mask,
             position_embeddings=position_embeddings,
-            past_key_values=past_key_values,
+            cache=cache,
             **kwargs,
         )
         hidden_states = residual + self.residual_dropout(hidden_states)
@@ -369,7 +369,6 @@ class TinyLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["TinyLMDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -427,6 +426,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -434,7 +434,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
@@ -446,9 +446,9 @@ class TinyLMModel(TinyLMPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         batch, length = inputs_embeds.shape[:2]
 
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = self._default_position_ids(attention_mask, past_length, length, inputs_embeds.device)
 
@@ -457,7 +457,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             position_ids=position_ids,
         )
 
@@ -468,7 +468,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
         elif self.rotary_emb is not None:
             position_embeddings = self.rotary_emb(hidden_states, position_ids)
         else:
-            kwargs["position_bias"] = self._alibi_bias(past_key_values, past_length, batch, length, hidden_states.dtype)
+            kwargs["position_bias"] = self._alibi_bias(cache, past_length, batch, length, hidden_states.dtype)
         hidden_states = self.embedding_dropout(hidden_states)
 
         for layer in self.layers:
@@ -476,13 +476,11 @@ class TinyLMModel(TinyLMPreTrainedModel):
                 hidden_states,
                 attention_mask=attention_mask_4d,
                 position_embeddings=position_embeddings,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=past_key_values if use_cache else None
-        )
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
 
     def _check_token_ids(self, input_ids: torch.Tensor) -> None:
         if is_torchdynamo_compiling() or input_ids.numel() == 0:
@@ -504,7 +502,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
             return position_ids.clamp(min=0)[:, -length:]
         return (torch.arange(length, device=device) + past_length)[None]
 
-    def _alibi_bias(self, past_key_values, past_length, batch, length, dtype) -> torch.Tensor:
+    def _alibi_bias(self, cache, past_length, batch, length, dtype) -> torch.Tensor:
         if "flash" in self.config._attn_implementation:
             raise ValueError(
                 f"attn_implementation={self.config._attn_implementation!r} cannot add ALiBi's attention bias. "
@@ -512,8 +510,8 @@ class TinyLMModel(TinyLMPreTrainedModel):
             )
         # Key positions follow the cache (a sliding-window cache keeps only the last keys): ALiBi only needs
         # distances, and left padding shifts queries and keys alike.
-        if past_key_values is not None:
-            key_length, key_offset = past_key_values.get_mask_sizes(length, 0)
+        if cache is not None:
+            key_length, key_offset = cache.get_mask_sizes(length, 0)
         else:
             key_length, key_offset = length, 0
         return self.alibi(past_length, length, key_offset, key_length, batch, dtype)
@@ -530,13 +528,14 @@ class TinyLMForCausalLM(TinyLMPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -549,7 +548,7 @@ class TinyLMForCausalLM(TinyLMPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -561,7 +560,7 @@ class TinyLMForCausalLM(TinyLMPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
