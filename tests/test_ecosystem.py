@@ -114,11 +114,11 @@ def test_static_cache_decode_step_compiles_without_graph_breaks(positions):
     expected = model.generate(prompt, max_new_tokens=5, do_sample=False)
 
     cache = StaticCache(config=model.config, max_cache_len=16)
-    logits = model(prompt, past_key_values=cache, use_cache=True).logits
+    logits = model(prompt, cache=cache, use_cache=True).logits
     step = torch.compile(model.forward, fullgraph=True, backend="eager")  # fullgraph: any graph break raises
     tokens = [logits[:, -1].argmax(-1, keepdim=True)]
     for position in range(6, 10):
-        logits = step(input_ids=tokens[-1], past_key_values=cache, use_cache=True,
+        logits = step(input_ids=tokens[-1], cache=cache, use_cache=True,
                       position_ids=torch.tensor([[position]])).logits
         tokens.append(logits[:, -1].argmax(-1, keepdim=True))
     assert torch.equal(torch.cat([prompt, *tokens], dim=1), expected)

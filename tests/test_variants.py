@@ -33,7 +33,7 @@ def test_incremental_decoding_with_cache_equals_full_forward(row):
     out = model(ids[:, :7], use_cache=True)
     steps = [out.logits]
     for i in range(7, 13):  # 6 single-token steps: past the sliding window of 4
-        out = model(ids[:, i : i + 1], past_key_values=out.past_key_values, use_cache=True)
+        out = model(ids[:, i : i + 1], cache=out.cache, use_cache=True)
         steps.append(out.logits)
     assert (torch.cat(steps, dim=1) - full).abs().max() <= TOL
 

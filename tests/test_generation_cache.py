@@ -1,0 +1,126 @@
+"""Canaries for the KV cache as `generate` and `pipeline` use it, for every position scheme.
+
+They go through the public paths (`generate`, `pipeline`), not a hand-made cache, and compare logits, not the
+greedy tokens of a random model: Transformers 5.24 renamed the cache argument to `cache`, a forward that swallowed
+it into `**kwargs` decoded every step without its past, and token equality did not see it.
+"""
+
+import pytest
+import torch
+from transformers import StaticCache, pipeline, set_seed
+
+from hf_tinylm.training.tokenizer import byte_level_tokenizer
+from tinylm_testing import build, tiny_config
+
+PROMPT_LENGTH, NEW_TOKENS = 6, 16
+POSITIONS = ["learned", "sinusoidal", "rotary", "alibi"]
+
+schemes = pytest.mark.parametrize(
+    ("positions", "window"),
+    [(positions, window) for positions in POSITIONS for window in (None, 4)],
+    ids=[f"{positions}-{'window4' if window else 'full'}" for positions in POSITIONS for window in (None, 4)],
+)
+
+
+def canary_model(positions, window=None, **overrides):
+    """A random model whose greedy output does not collapse: untied, so the head does not simply echo the input
+    token, and with weights five times GPT-2's scale, so its logits (about ±2) vary with the context."""
+    config = tiny_config(position_embedding_type=positions, sliding_window=window, num_key_value_heads=2,
+                         initializer_range=0.1, tie_word_embeddings=False, **overrides)
+    return build(config, seed=1)
+
+
+def prompt(batch=3):
+    return torch.randint(1, 64, (batch, PROMPT_LENGTH), generator=torch.Generator().manual_seed(1))
+
+
+def generate(model, ids, **kwargs):
+    settings = dict(max_new_tokens=NEW_TOKENS, return_dict_in_generate=True, output_logits=True, pad_token_id=0)
+    return model.generate(ids, **{**settings, **kwargs})
+
+
+def step_logits(output) -> torch.Tensor:
+    return torch.stack(output.logits, dim=1)  # (B, NEW_TOKENS, V): the raw logits each decode step saw
+
+
+def assert_same_logits(actual, expected):
+    """Two fp32 computations of the same logits (they differ by about 1e-6 when the cache is honoured)."""
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+
+
+def assert_not_degenerate(sequences, at_least):
+    """Each generated row has `at_least` distinct tokens, so the test exercises more than one repeated token."""
+    for row in sequences[:, PROMPT_LENGTH:]:
+        assert len(set(row.tolist())) >= at_least, f"degenerate generation {row.tolist()}: pick another seed"
+
+
+@schemes
+@torch.no_grad()
+def test_sampled_generation_scores_equal_a_full_forward_over_the_result(positions, window):
+    model = canary_model(positions, window)
+    set_seed(0)
+    output = generate(model, prompt(), do_sample=True, top_k=0)
+    assert_not_degenerate(output.sequences, at_least=8)
+    full = model(output.sequences).logits[:, PROMPT_LENGTH - 1 : -1]
+    assert_same_logits(step_logits(output), full)
+
+
+@schemes
+@torch.no_grad()
+def test_greedy_generation_with_cache_equals_without(positions, window):
+    model = canary_model(positions, window)
+    cached = generate(model, prompt())
+    uncached = generate(model, prompt(), use_cache=False)
+    assert_not_degenerate(cached.sequences, at_least=2)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert_same_logits(step_logits(cached), step_logits(uncached))
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+@torch.no_grad()
+def test_returned_cache_holds_the_sequence_and_continues_it_like_a_full_forward(positions):
+    model = canary_model(positions)
+    output = generate(model, prompt())
+    # The last generated token has not been through the model yet, so it is not in the cache.
+    assert output.cache.get_seq_length() == PROMPT_LENGTH + NEW_TOKENS - 1
+    continued = model(output.sequences[:, -1:], cache=output.cache, use_cache=True)
+    assert continued.cache is output.cache and output.cache.get_seq_length() == PROMPT_LENGTH + NEW_TOKENS
+    assert_same_logits(continued.logits[:, -1], model(output.sequences).logits[:, -1])
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+@torch.no_grad()
+def test_static_cache_generation_equals_dynamic_cache_generation(positions):
+    model = canary_model(positions)
+    dynamic = generate(model, prompt())
+    static = generate(model, prompt(), cache_implementation="static")
+    assert isinstance(static.cache, StaticCache)
+    assert torch.equal(static.sequences, dynamic.sequences)
+    assert_same_logits(step_logits(static), step_logits(dynamic))
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_pipeline_text_with_cache_equals_without(positions):
+    tokenizer = byte_level_tokenizer()
+    model = canary_model(positions, vocab_size=len(tokenizer), eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    texts = []
+    for use_cache in (True, False):
+        set_seed(0)
+        result = generator("def main():", max_new_tokens=24, do_sample=True, top_k=0, use_cache=use_cache,
+                           return_full_text=False)
+        texts.append(result[0]["generated_text"])
+    assert len(set(texts[0])) >= 8, f"degenerate generation {texts[0]!r}"
+    assert texts[0] == texts[1]
+
+
+@torch.no_grad()
+def test_the_old_cache_argument_name_still_reaches_the_cache():
+    """Callers written for Transformers < 5.24 pass `past_key_values=`: it must be used, not swallowed."""
+    model = canary_model("rotary")
+    ids = prompt()
+    first = model(ids[:, :-1], use_cache=True)
+    with pytest.warns(FutureWarning, match="past_key_values"):
+        step = model(ids[:, -1:], past_key_values=first.cache, use_cache=True)
+    assert first.cache.get_seq_length() == PROMPT_LENGTH
+    assert_same_logits(step.logits[:, -1], model(ids).logits[:, -1])
