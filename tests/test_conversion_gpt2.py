@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Model, pipeline
 
 from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
+from hf_tinylm.configuration_tinylm import MIN_TRANSFORMERS_VERSION
 from hf_tinylm.conversion.convert import convert
 from hf_tinylm.conversion.gpt2_mapping import ConversionError
 
@@ -207,6 +208,7 @@ def test_output_folder_is_hub_ready_with_card_metadata_and_measured_parity(tmp_p
     assert "tinylm" in card.data.tags
     assert f"Max |Δlogits| = {result.max_abs_logits_diff:.3g}" in card.text
     assert f"{result.num_parameters:,}" in card.text
+    assert f"`transformers>={MIN_TRANSFORMERS_VERSION}`" in card.text  # what the saved code needs to run
     assert result.num_parameters == sum(p.numel() for p in random_gpt2().parameters())
 
 
