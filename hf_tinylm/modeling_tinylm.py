@@ -18,6 +18,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
+from transformers.generation.continuous_batching.cache import PagedAttentionCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -448,8 +449,8 @@ class TinyLMModel(TinyLMPreTrainedModel):
 
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
+            past_length = cache.get_seq_length() if cache is not None else 0
             position_ids = self._default_position_ids(attention_mask, past_length, length, inputs_embeds.device)
 
         mask_function = create_sliding_window_causal_mask if self.config.sliding_window else create_causal_mask
@@ -468,7 +469,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
         elif self.rotary_emb is not None:
             position_embeddings = self.rotary_emb(hidden_states, position_ids)
         else:
-            kwargs["position_bias"] = self._alibi_bias(cache, past_length, batch, length, hidden_states.dtype)
+            kwargs["position_bias"] = self._alibi_bias(cache, batch, length, hidden_states.dtype)
         hidden_states = self.embedding_dropout(hidden_states)
 
         for layer in self.layers:
@@ -502,19 +503,23 @@ class TinyLMModel(TinyLMPreTrainedModel):
             return position_ids.clamp(min=0)[:, -length:]
         return (torch.arange(length, device=device) + past_length)[None]
 
-    def _alibi_bias(self, cache, past_length, batch, length, dtype) -> torch.Tensor:
+    def _alibi_bias(self, cache, batch, length, dtype) -> torch.Tensor:
         if "flash" in self.config._attn_implementation:
             raise ValueError(
                 f"attn_implementation={self.config._attn_implementation!r} cannot add ALiBi's attention bias. "
                 "Use 'sdpa' (the default), 'eager' or 'flex_attention' for ALiBi models."
             )
+        if isinstance(cache, PagedAttentionCache):
+            raise ValueError(
+                "Continuous batching (`generate_batch`, `transformers serve`) packs requests into one sequence, and "
+                "TinyLM's ALiBi bias does not follow that packing. Use `generate()` for ALiBi models."
+            )
         # Key positions follow the cache (a sliding-window cache keeps only the last keys): ALiBi only needs
         # distances, and left padding shifts queries and keys alike.
-        if cache is not None:
-            key_length, key_offset = cache.get_mask_sizes(length, 0)
-        else:
-            key_length, key_offset = length, 0
-        return self.alibi(past_length, length, key_offset, key_length, batch, dtype)
+        if cache is None:
+            return self.alibi(0, length, 0, length, batch, dtype)
+        key_length, key_offset = cache.get_mask_sizes(length, 0)
+        return self.alibi(cache.get_seq_length(), length, key_offset, key_length, batch, dtype)
 
 
 class TinyLMForCausalLM(TinyLMPreTrainedModel, GenerationMixin):

@@ -7,7 +7,8 @@ it into `**kwargs` decoded every step without its past, and token equality did n
 
 import pytest
 import torch
-from transformers import StaticCache, pipeline, set_seed
+from transformers import GenerationConfig, StaticCache, pipeline, set_seed
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from hf_tinylm.training.tokenizer import byte_level_tokenizer
 from tinylm_testing import build, tiny_config
@@ -90,6 +91,30 @@ def test_returned_cache_holds_the_sequence_and_continues_it_like_a_full_forward(
 
 @pytest.mark.parametrize("positions", POSITIONS)
 @torch.no_grad()
+def test_beam_search_with_cache_equals_without(positions):
+    model = canary_model(positions)
+    settings = dict(num_beams=3, num_return_sequences=2, output_scores=True)
+    cached = generate(model, prompt(), **settings)
+    uncached = generate(model, prompt(), use_cache=False, **settings)
+    assert_not_degenerate(cached.sequences, at_least=2)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert_same_logits(cached.sequences_scores, uncached.sequences_scores)
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+@torch.no_grad()
+def test_assisted_decoding_equals_greedy_decoding(positions):
+    """A draft model proposes tokens, the cache is cropped back after rejections: the result must not change."""
+    model = canary_model(positions)
+    assistant = build(model.config, seed=2)  # a different model, so that some drafts are rejected
+    greedy = generate(model, prompt(batch=1))
+    assisted = generate(model, prompt(batch=1), assistant_model=assistant)
+    assert torch.equal(assisted.sequences, greedy.sequences)
+    assert_same_logits(step_logits(assisted), step_logits(greedy))
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+@torch.no_grad()
 def test_static_cache_generation_equals_dynamic_cache_generation(positions):
     model = canary_model(positions)
     dynamic = generate(model, prompt())
@@ -124,3 +149,35 @@ def test_the_old_cache_argument_name_still_reaches_the_cache():
         step = model(ids[:, -1:], past_key_values=first.cache, use_cache=True)
     assert first.cache.get_seq_length() == PROMPT_LENGTH
     assert_same_logits(step.logits[:, -1], model(ids).logits[:, -1])
+
+
+def paged_cache_config(**settings) -> ContinuousBatchingConfig:
+    """A paged cache sized for these tests: the default one is sized from free memory and takes seconds to set up."""
+    return ContinuousBatchingConfig(num_blocks=4, page_size=16, max_batch_tokens=64, **settings)
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rotary"])
+@torch.no_grad()
+def test_continuous_batching_gives_the_tokens_and_log_probabilities_of_generate(positions):
+    """`generate_batch` feeds a paged cache through `Cache.update(..., kwargs=...)` and packed position ids."""
+    model = canary_model(positions)
+    prompts = prompt(batch=2)
+    prompts[0, :2] = 0  # two prompts of different lengths
+    requests = [prompts[0, 2:].tolist(), prompts[1].tolist()]
+    settings = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    results = model.generate_batch(requests, settings, paged_cache_config(return_logprobs=True))
+    for result, request in zip(sorted(results.values(), key=lambda r: r.request_id), requests):
+        assert result.error is None, result.error
+        reference = generate(model, torch.tensor([request]))
+        tokens = reference.sequences[0, len(request) :]
+        log_probs = step_logits(reference)[0].log_softmax(-1)[torch.arange(NEW_TOKENS), tokens]
+        assert result.generated_tokens == tokens.tolist()
+        assert_same_logits(torch.tensor(result.logprobs), log_probs)
+
+
+@torch.no_grad()
+def test_continuous_batching_refuses_alibi_clearly():
+    model = canary_model("alibi")
+    settings = GenerationConfig(max_new_tokens=4, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    results = model.generate_batch([prompt(batch=1)[0].tolist()], settings, paged_cache_config())
+    assert all("ALiBi" in (result.error or "") for result in results.values())
