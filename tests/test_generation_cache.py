@@ -49,6 +49,11 @@ def assert_same_logits(actual, expected):
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
 
 
+def assert_same_generation(actual, expected):
+    assert torch.equal(actual.sequences, expected.sequences)
+    assert_same_logits(step_logits(actual), step_logits(expected))
+
+
 def assert_not_degenerate(sequences, at_least):
     """Each generated row has `at_least` distinct tokens, so the test exercises more than one repeated token."""
     for row in sequences[:, PROMPT_LENGTH:]:
@@ -73,8 +78,7 @@ def test_greedy_generation_with_cache_equals_without(positions, window):
     cached = generate(model, prompt())
     uncached = generate(model, prompt(), use_cache=False)
     assert_not_degenerate(cached.sequences, at_least=2)
-    assert torch.equal(cached.sequences, uncached.sequences)
-    assert_same_logits(step_logits(cached), step_logits(uncached))
+    assert_same_generation(cached, uncached)
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
@@ -109,8 +113,7 @@ def test_assisted_decoding_equals_greedy_decoding(positions):
     assistant = build(model.config, seed=2)  # a different model, so that some drafts are rejected
     greedy = generate(model, prompt(batch=1))
     assisted = generate(model, prompt(batch=1), assistant_model=assistant)
-    assert torch.equal(assisted.sequences, greedy.sequences)
-    assert_same_logits(step_logits(assisted), step_logits(greedy))
+    assert_same_generation(assisted, greedy)
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
@@ -120,8 +123,7 @@ def test_static_cache_generation_equals_dynamic_cache_generation(positions):
     dynamic = generate(model, prompt())
     static = generate(model, prompt(), cache_implementation="static")
     assert isinstance(static.cache, StaticCache)
-    assert torch.equal(static.sequences, dynamic.sequences)
-    assert_same_logits(step_logits(static), step_logits(dynamic))
+    assert_same_generation(static, dynamic)
 
 
 @pytest.mark.parametrize("positions", POSITIONS)
