@@ -4,6 +4,9 @@ This file is copied next to the weights by `save_pretrained` (for `trust_remote_
 `transformers` and the standard library.
 """
 
+import dataclasses
+import difflib
+from numbers import Real
 from typing import Any
 
 from transformers.utils.versions import require_version
@@ -20,12 +23,50 @@ require_version(
 
 from transformers import PreTrainedConfig  # noqa: E402
 from transformers.activations import ACT2FN  # noqa: E402
-from transformers.modeling_rope_utils import RopeParameters  # noqa: E402
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, RopeParameters  # noqa: E402
 
 POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal", "rotary", "alibi")
 NORM_TYPES = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 MLP_TYPES = ("mlp", "glu")  # "mlp": down(act(up(x))); "glu": down(act(gate(x)) * up(x)), SwiGLU with act "silu"
+ROPE_TYPES = ("default", *ROPE_INIT_FUNCTIONS)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+# field -> (test, what it must be); see `TinyLMConfig._validate_field_types`.
+_FIELD_KINDS = {
+    **{name: (_is_positive_int, "a positive integer") for name in (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+        "intermediate_size", "max_position_embeddings", "sliding_window")},
+    **{name: (lambda v: _is_number(v) and v > 0, "a positive number") for name in (
+        "norm_eps", "initializer_range", "attention_scale")},
+    **{name: (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)") for name in (
+        "embedding_dropout", "attention_dropout", "residual_dropout")},
+    **{name: (lambda v: isinstance(v, bool), "True or False") for name in (
+        "attention_bias", "mlp_bias", "tie_word_embeddings", "scale_attn_by_inverse_layer_idx", "use_cache")},
+}
+# None means: derived from the other fields (sizes), or not used (sliding window, attention scale).
+_OPTIONAL_FIELDS = ("num_key_value_heads", "head_dim", "intermediate_size", "sliding_window", "attention_scale")
+# The numeric RoPE parameters and what each must be (Transformers checks which keys a type needs, but only warns
+# about their values).
+_ROPE_NUMBERS = {
+    "rope_theta": (lambda v: v > 0, "a positive number"),
+    "factor": (lambda v: v >= 1, "a number >= 1"),
+    "original_max_position_embeddings": (lambda v: v > 0 and v == int(v), "a positive integer"),
+    "attention_factor": (lambda v: v > 0, "a positive number"),
+    "beta_fast": (lambda v: v > 0, "a positive number"),
+    "beta_slow": (lambda v: v > 0, "a positive number"),
+    "low_freq_factor": (lambda v: v > 0, "a positive number"),
+    "high_freq_factor": (lambda v: v > 0, "a positive number"),
+    "partial_rotary_factor": (lambda v: v == 1, "1 (TinyLM rotates whole heads)"),
+}
 
 _GPT2 = dict(
     vocab_size=50257,
@@ -150,27 +191,45 @@ class TinyLMConfig(PreTrainedConfig):
     pad_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
+        self._validate_field_types()  # before the derived defaults below compute with them
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None and self.num_attention_heads > 0:
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
-        if self.position_embedding_type == "rotary" and not self.rope_parameters:
-            self.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
         # The model classes are saved with the weights; `AutoModel` is added here because `save_pretrained` only
         # records the class of the saved object (and the config) in `auto_map`.
         if getattr(self, "auto_map", None) is None:
             self.auto_map = {"AutoModel": "modeling_tinylm.TinyLMModel"}
-        super().__post_init__(**kwargs)
+        super().__post_init__(**kwargs)  # fills in `rope_parameters` (honouring a legacy top-level `rope_theta`)
+        if self.position_embedding_type != "rotary" and self.rope_parameters == self._default_rope_parameters():
+            # Transformers gives every config these defaults (configs saved before 0.2 carry them too), and treats a
+            # config that has `rope_parameters` as a RoPE model: a non-rotary one must not have them.
+            self.rope_parameters = None
         self.validate_architecture()
+
+    def _default_rope_parameters(self) -> dict:
+        return {"rope_type": "default", "rope_theta": self.default_theta}
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "TinyLMConfig":
-        """The named preset (see `PRESETS`), with any field overridden, e.g. `from_preset("gpt2", n_layer=...)`."""
+        """The named preset (see `PRESETS`), with any field overridden, e.g. `from_preset("gpt2", num_hidden_layers=6)`.
+
+        An override that is not a config field is refused (the constructor would keep it as an unused attribute).
+        A preset's RoPE parameters are dropped when an override chooses other positions."""
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}. Valid presets: {', '.join(PRESETS)}.")
-        return cls(**{**PRESETS[name], **overrides})
+        known = {field.name for field in dataclasses.fields(cls)}
+        for key in overrides:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" Did you mean `{close[0]}`?" if close else ""
+                raise ValueError(f"`{key}` is not a TinyLMConfig field, so it cannot override preset {name!r}.{hint}")
+        fields = {**PRESETS[name], **overrides}
+        if fields.get("position_embedding_type") != "rotary" and "rope_parameters" not in overrides:
+            fields.pop("rope_parameters", None)
+        return cls(**fields)
 
     def validate_architecture(self) -> None:
         """Reject an inconsistent configuration, naming the field and what it may be."""
@@ -179,10 +238,7 @@ class TinyLMConfig(PreTrainedConfig):
         _check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         _check_choice("mlp_type", self.mlp_type, MLP_TYPES)
         _check_choice("hidden_act", self.hidden_act, sorted(ACT2FN))
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                     "head_dim", "intermediate_size", "max_position_embeddings"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        self._validate_field_types()
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
@@ -194,17 +250,54 @@ class TinyLMConfig(PreTrainedConfig):
                 f"({self.num_key_value_heads}): each key/value head serves a whole group of query heads "
                 "(use 1 for multi-query, the number of heads for multi-head attention)."
             )
-        if self.position_embedding_type == "rotary" and self.head_dim % 2 != 0:
-            raise ValueError(f"Rotary positions need an even `head_dim`, got {self.head_dim}.")
-        if self.sliding_window is not None and self.sliding_window <= 0:
-            raise ValueError(f"`sliding_window` must be a positive integer or None, got {self.sliding_window}.")
-        if self.norm_eps <= 0:
-            raise ValueError(f"`norm_eps` must be positive, got {self.norm_eps}.")
-        if self.attention_scale is not None and self.attention_scale <= 0:
-            raise ValueError(f"`attention_scale` must be positive or None (head_dim ** -0.5), got {self.attention_scale}.")
-        for name in ("embedding_dropout", "attention_dropout", "residual_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"`{name}` must lie in [0, 1), got {getattr(self, name)}.")
+        if self.position_embedding_type != "rotary" and self.rope_parameters:
+            raise ValueError(
+                f"`rope_parameters` configure rotary positions, but position_embedding_type="
+                f"{self.position_embedding_type!r}. Remove `rope_parameters`, or set position_embedding_type='rotary'."
+            )
+        if self.position_embedding_type == "rotary":
+            if self.head_dim % 2 != 0:
+                raise ValueError(f"Rotary positions need an even `head_dim`, got {self.head_dim}.")
+            self._validate_rope_parameters()
+
+    def _validate_field_types(self) -> None:
+        """Each numeric and boolean field holds a value of its kind and range (a string or float size would fail
+        later, deep inside a layer)."""
+        for name, (is_valid, what) in _FIELD_KINDS.items():
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL_FIELDS:
+                continue
+            if not is_valid(value):
+                optional = " or None" if name in _OPTIONAL_FIELDS else ""
+                raise ValueError(f"`{name}` must be {what}{optional}, got {value!r}.")
+        if not isinstance(self.rope_parameters, dict | None):
+            raise ValueError(f"`rope_parameters` must be a dict with a `rope_type`, got {self.rope_parameters!r}.")
+
+    def _validate_rope_parameters(self) -> None:
+        rope = self.rope_parameters
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"`rope_parameters['rope_type']` must be one of {', '.join(map(repr, ROPE_TYPES))}; "
+                             f"got {rope_type!r}.")
+        try:
+            self.validate_rope()  # Transformers' check of the keys each RoPE type requires
+        except KeyError as error:
+            raise ValueError(f"`rope_parameters`: {error.args[0]}.") from None
+        for key, (is_valid, what) in _ROPE_NUMBERS.items():
+            value = rope.get(key)
+            if value is None:
+                continue
+            if not _is_number(value) or not is_valid(value):
+                raise ValueError(f"`rope_parameters['{key}']` must be {what}, got {value!r}.")
+        if rope_type == "llama3" and rope["high_freq_factor"] <= rope["low_freq_factor"]:
+            raise ValueError("`rope_parameters['high_freq_factor']` must be greater than `low_freq_factor`, got "
+                             f"{rope['high_freq_factor']} and {rope['low_freq_factor']}.")
+        if rope_type == "longrope":
+            for key in ("short_factor", "long_factor"):
+                value = rope[key]
+                if not isinstance(value, list) or len(value) != self.head_dim // 2:
+                    raise ValueError(f"`rope_parameters['{key}']` must be a list of head_dim / 2 = "
+                                     f"{self.head_dim // 2} numbers, got {value!r}.")
 
 
 # Saved configs carry this file, so a Hub user loads them with `trust_remote_code=True`.
