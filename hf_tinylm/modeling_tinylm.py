@@ -168,14 +168,11 @@ class TinyLMALiBi(nn.Module):
         slopes += power_of_two_slopes(2 * closest)[0::2][: num_heads - closest]
         return torch.tensor(slopes, dtype=torch.float32)
 
-    def forward(self, query_offset, query_length: int, key_offset: int, key_length: int, batch_size: int, dtype):
-        """The (B, H, T, S) additive bias for queries at `query_offset + [0, T)` and keys at `key_offset + [0, S)`."""
-        device = self.slopes.device
-        query_pos = torch.arange(query_length, device=device) + query_offset
-        key_pos = torch.arange(key_length, device=device) + key_offset
-        distance = (key_pos[None, :] - query_pos[:, None]).to(torch.float32)  # (T, S), <= 0 where attended
-        bias = self.slopes[:, None, None] * distance[None]  # (H, T, S)
-        return bias.to(dtype)[None].expand(batch_size, -1, -1, -1)
+    def forward(self, query_positions: torch.Tensor, key_positions: torch.Tensor, batch_size: int, dtype):
+        """The (B, H, T, S) additive bias for queries at (B or 1, T) positions and keys at (B or 1, S) positions."""
+        distance = (key_positions[:, None, :] - query_positions[:, :, None]).to(torch.float32)  # <= 0 where attended
+        bias = self.slopes[None, :, None, None] * distance[:, None]  # (B or 1, H, T, S)
+        return bias.to(dtype).expand(batch_size, -1, -1, -1)
 
 
 # ----------------------------------------------------------------------------------------------- attention
@@ -440,8 +437,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache)
         if inputs_embeds is None:
             self._check_token_ids(input_ids)
             inputs_embeds = self.embed_tokens(input_ids)
@@ -469,7 +465,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
         elif self.rotary_emb is not None:
             position_embeddings = self.rotary_emb(hidden_states, position_ids)
         else:
-            kwargs["position_bias"] = self._alibi_bias(cache, batch, length, hidden_states.dtype)
+            kwargs["position_bias"] = self._alibi_bias(cache, position_ids, batch, length, hidden_states.dtype)
         hidden_states = self.embedding_dropout(hidden_states)
 
         for layer in self.layers:
@@ -482,6 +478,60 @@ class TinyLMModel(TinyLMPreTrainedModel):
             )
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
+
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, cache) -> None:
+        """Refuse malformed inputs here, naming the fix, instead of failing deep inside a layer. Shapes and dtypes
+        only: nothing here waits for the device."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if input_ids is not None:
+            if input_ids.dim() != 2 or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+                raise ValueError(
+                    f"`input_ids` must be a (batch, sequence) tensor of integer token ids, got a {input_ids.dtype} "
+                    f"tensor of shape {tuple(input_ids.shape)}. A single sequence needs a batch dimension: "
+                    "`input_ids[None]`."
+                )
+            shape = tuple(input_ids.shape)
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(
+                    f"`inputs_embeds` must have shape (batch, sequence, hidden_size={self.config.hidden_size}), got "
+                    f"{tuple(inputs_embeds.shape)}."
+                )
+            if not inputs_embeds.is_floating_point():
+                raise ValueError(f"`inputs_embeds` must be floating point, got {inputs_embeds.dtype}.")
+            shape = tuple(inputs_embeds.shape[:2])
+        if 0 in shape:
+            raise ValueError(
+                f"The input is empty (batch, sequence) = {shape}: give at least one token per row. To generate from "
+                "nothing, start from the BOS token, e.g. `model.generate(torch.tensor([[bos_token_id]]))`."
+            )
+        batch, length = shape
+        if attention_mask is not None and attention_mask.dim() == 2:
+            # A static cache counts its length on the device: comparing it here would wait for the device.
+            past = cache.get_seq_length() if cache is not None else 0
+            expected = past + length if isinstance(past, int) else None
+            if attention_mask.shape[0] != batch or attention_mask.shape[1] < length or (
+                expected is not None and attention_mask.shape[1] != expected
+            ):
+                raise ValueError(
+                    f"`attention_mask` has shape {tuple(attention_mask.shape)}, but the input is (batch, sequence) = "
+                    f"{shape}" + (f" after {past} cached tokens" if past else "")
+                    + (f", so it must be ({batch}, {expected})" if expected is not None else "")
+                    + ": one entry per cached and new token, 1 for a real token and 0 for padding."
+                )
+        elif attention_mask is not None and attention_mask.dim() != 4:
+            raise ValueError(
+                f"`attention_mask` must be (batch, sequence) or a 4-D (batch, heads, query, key) mask, got shape "
+                f"{tuple(attention_mask.shape)}."
+            )
+        if position_ids is not None and (
+            position_ids.dim() != 2 or position_ids.shape[1] != length or position_ids.shape[0] not in (1, batch)
+        ):
+            raise ValueError(
+                f"`position_ids` must have shape ({batch}, {length}) or (1, {length}) for an input of (batch, "
+                f"sequence) = {shape}, got {tuple(position_ids.shape)}."
+            )
 
     def _check_token_ids(self, input_ids: torch.Tensor) -> None:
         if is_torchdynamo_compiling() or input_ids.numel() == 0:
@@ -503,7 +553,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
             return position_ids.clamp(min=0)[:, -length:]
         return (torch.arange(length, device=device) + past_length)[None]
 
-    def _alibi_bias(self, cache, batch, length, dtype) -> torch.Tensor:
+    def _alibi_bias(self, cache, position_ids, batch, length, dtype) -> torch.Tensor:
         if "flash" in self.config._attn_implementation:
             raise ValueError(
                 f"attn_implementation={self.config._attn_implementation!r} cannot add ALiBi's attention bias. "
@@ -514,12 +564,18 @@ class TinyLMModel(TinyLMPreTrainedModel):
                 "Continuous batching (`generate_batch`, `transformers serve`) packs requests into one sequence, and "
                 "TinyLM's ALiBi bias does not follow that packing. Use `generate()` for ALiBi models."
             )
-        # Key positions follow the cache (a sliding-window cache keeps only the last keys): ALiBi only needs
-        # distances, and left padding shifts queries and keys alike.
-        if cache is None:
-            return self.alibi(0, length, 0, length, batch, dtype)
+        past = cache.get_seq_length() if cache is not None else 0
+        if isinstance(past, int) and past == 0:
+            # Nothing cached: the keys are the queries, at the given positions (which may repeat, e.g. several
+            # continuations of one prefix under a custom 4-D mask).
+            return self.alibi(position_ids, position_ids, batch, dtype)
+        # Decoding: key positions follow the cache (a sliding-window cache keeps only the last keys). ALiBi only
+        # needs distances, and left padding shifts queries and keys alike. (A static cache counts on the device.)
         key_length, key_offset = cache.get_mask_sizes(length, 0)
-        return self.alibi(cache.get_seq_length(), length, key_offset, key_length, batch, dtype)
+        device = self.alibi.slopes.device
+        query_positions = (torch.arange(length, device=device) + past)[None]
+        key_positions = (torch.arange(key_length, device=device) + key_offset)[None]
+        return self.alibi(query_positions, key_positions, batch, dtype)
 
 
 class TinyLMForCausalLM(TinyLMPreTrainedModel, GenerationMixin):
@@ -549,6 +605,13 @@ class TinyLMForCausalLM(TinyLMPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         r"""`labels` are the input ids themselves (shifted inside the loss; -100 is ignored). `logits_to_keep`
         computes logits for the last N positions only (0 keeps all), which is what `generate` asks for."""
+        if labels is not None:
+            inputs = input_ids if input_ids is not None else inputs_embeds
+            if inputs is not None and labels.shape != inputs.shape[:2]:
+                raise ValueError(
+                    f"`labels` must have the (batch, sequence) shape of the input, {tuple(inputs.shape[:2])}, got "
+                    f"{tuple(labels.shape)}: they are the input ids themselves, shifted inside the loss."
+                )
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
