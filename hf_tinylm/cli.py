@@ -75,6 +75,34 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
 # ----------------------------------------------------------------------------------------------- train
 
 
@@ -120,15 +148,15 @@ def _add_train(subparsers) -> None:
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--max-steps", type=int, default=-1, help="optimizer steps; overrides --epochs when > 0")
-    opt.add_argument("--epochs", type=float, default=1.0)
+    opt.add_argument("--epochs", type=_positive_float, default=1.0)
     opt.add_argument("--batch-size", type=_positive_int, default=8, help="blocks per device per step")
     opt.add_argument("--eval-batch-size", type=_positive_int, help="default: --batch-size")
     opt.add_argument("--gradient-accumulation-steps", type=_positive_int, default=1)
-    opt.add_argument("--learning-rate", type=float, help="default: 5e-4 from scratch, 5e-5 fine-tuning")
+    opt.add_argument("--learning-rate", type=_positive_float, help="default: 5e-4 from scratch, 5e-5 fine-tuning")
     opt.add_argument("--lr-scheduler", default="linear", help="Transformers scheduler name (linear, cosine, ...)")
-    opt.add_argument("--warmup-steps", type=int, default=0)
-    opt.add_argument("--weight-decay", type=float, default=0.0)
-    opt.add_argument("--max-grad-norm", type=float, default=1.0)
+    opt.add_argument("--warmup-steps", type=_non_negative_int, default=0)
+    opt.add_argument("--weight-decay", type=_non_negative_float, default=0.0)
+    opt.add_argument("--max-grad-norm", type=_non_negative_float, default=1.0, help="0: no clipping")
     opt.add_argument("--seed", type=int, default=42, help="seed of initialisation, data order and dropout")
     opt.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision")
     opt.add_argument("--gradient-checkpointing", action="store_true",
@@ -139,12 +167,12 @@ def _add_train(subparsers) -> None:
     out.add_argument("--overwrite", action="store_true",
                      help="replace an existing output folder and start over in the checkpoint folder")
     out.add_argument("--checkpoint-dir", type=Path, metavar="FOLDER", help="default: OUTPUT-checkpoints")
-    out.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps (0: never)")
-    out.add_argument("--save-total-limit", type=int, default=2, help="checkpoints to keep")
+    out.add_argument("--save-steps", type=_non_negative_int, default=500, help="checkpoint every N steps (0: never)")
+    out.add_argument("--save-total-limit", type=_positive_int, default=2, help="checkpoints to keep")
     out.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
                      help="continue from the latest checkpoint in --checkpoint-dir, or from CHECKPOINT")
     out.add_argument("--logging-steps", type=_positive_int, default=10)
-    out.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: before and after only)")
+    out.add_argument("--eval-steps", type=_positive_int, help="evaluate every N steps (default: before and after only)")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     dist = p.add_argument_group("distributed (under torchrun / accelerate launch)")
@@ -153,7 +181,7 @@ def _add_train(subparsers) -> None:
     dist.add_argument("--fsdp", default="", metavar="OPTIONS",
                       help="Trainer FSDP options, e.g. 'full_shard auto_wrap'")
     dist.add_argument("--fsdp-config", metavar="JSON", help="Trainer fsdp_config (a JSON file or string)")
-    dist.add_argument("--dataloader-workers", type=int, default=0)
+    dist.add_argument("--dataloader-workers", type=_non_negative_int, default=0)
     p.set_defaults(func=_run_train)
 
 
@@ -208,11 +236,11 @@ def _add_generate(subparsers) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--greedy", action="store_true", help="greedy decoding")
     mode.add_argument("--sample", action="store_true", help="sampling (implied by --temperature/--top-k/--top-p)")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
+    p.add_argument("--temperature", type=_positive_float, help="sampling temperature (> 0; use --greedy for 0)")
+    p.add_argument("--top-k", type=_non_negative_int, help="sample from the K most likely tokens (0: all)")
+    p.add_argument("--top-p", type=_probability, help="sample from the smallest set of tokens with this mass, in (0, 1]")
     p.add_argument("--num-beams", type=_positive_int, help="beam search with N beams (output is not streamed)")
-    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--repetition-penalty", type=_positive_float, help="> 1 discourages repeats, 1 disables")
     p.add_argument("--max-new-tokens", type=_positive_int, help="default: the generation config's, else 50")
     p.add_argument("--seed", type=int, help="seed for sampling, for reproducible output")
     p.add_argument("--no-stream", action="store_true", help="print the text once it is complete")

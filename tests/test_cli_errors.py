@@ -108,3 +108,27 @@ def test_generate_needs_a_tokenizer(tmp_path, capsys):
     (folder / "tokenizer_config.json").unlink()
     assert main(["generate", str(folder), "hi"]) == 1
     assert "has no tokenizer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["generate", "model", "hi", "--temperature", "0"], "argument --temperature: must be a positive number, got 0"),
+        (["generate", "model", "hi", "--temperature", "nan"], "argument --temperature: must be a positive number"),
+        (["generate", "model", "hi", "--top-p", "0"], "argument --top-p: must lie in (0, 1], got 0"),
+        (["generate", "model", "hi", "--top-p", "1.5"], "argument --top-p: must lie in (0, 1], got 1.5"),
+        (["generate", "model", "hi", "--top-k", "-1"], "argument --top-k: must be 0 or a positive integer, got -1"),
+        (["generate", "model", "hi", "--repetition-penalty", "0"], "argument --repetition-penalty: must be a positive"),
+        (["generate", "model", "hi", "--num-beams", "0"], "argument --num-beams: must be a positive integer, got 0"),
+        (["train", "-o", "out", "--learning-rate", "0"], "argument --learning-rate: must be a positive number"),
+        (["train", "-o", "out", "--warmup-steps", "-5"], "argument --warmup-steps: must be 0 or a positive integer"),
+        (["train", "-o", "out", "--save-total-limit", "0"], "argument --save-total-limit: must be a positive integer"),
+    ],
+    ids=["temperature-0", "temperature-nan", "top-p-0", "top-p-above-1", "top-k-negative", "repetition-penalty-0",
+         "beams-0", "learning-rate", "warmup", "save-total-limit"],
+)
+def test_settings_out_of_range_are_usage_errors_naming_the_flag(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
