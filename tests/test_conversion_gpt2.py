@@ -22,6 +22,7 @@ from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
 from hf_tinylm.configuration_tinylm import MIN_TRANSFORMERS_VERSION
 from hf_tinylm.conversion.convert import convert
 from hf_tinylm.conversion.gpt2_mapping import ConversionError
+from tinylm_testing import assert_same_generation, generate_with_logits
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-5  # fp32 logits, converted vs GPT2LMHeadModel
@@ -83,10 +84,10 @@ def test_converted_model_matches_gpt2_logits_and_generations(variant, tmp_path):
     assert max_logits_diff(source, model, input_ids) <= ATOL
     assert result.max_abs_logits_diff <= ATOL
     prompt = input_ids[:2, :6]
-    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=95)
-    assert torch.equal(source.generate(prompt, **settings), model.generate(prompt, **settings))
-    beams = dict(settings, num_beams=2)
-    assert torch.equal(source.generate(prompt, **beams), model.generate(prompt, **beams))
+    for settings in (dict(do_sample=False), dict(do_sample=True, top_k=0), dict(do_sample=False, num_beams=2)):
+        settings.update(max_new_tokens=6, pad_token_id=95)
+        expected = generate_with_logits(source, prompt, **settings)
+        assert_same_generation(generate_with_logits(model, prompt, **settings), expected, atol=ATOL)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from transformers import GenerationConfig, StaticCache, pipeline, set_seed
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from hf_tinylm.training.tokenizer import byte_level_tokenizer
-from tinylm_testing import build, tiny_config
+from tinylm_testing import assert_same_generation, build, step_logits, tiny_config
 
 PROMPT_LENGTH, NEW_TOKENS = 6, 16
 POSITIONS = ["learned", "sinusoidal", "rotary", "alibi"]
@@ -40,18 +40,9 @@ def generate(model, ids, **kwargs):
     return model.generate(ids, **{**settings, **kwargs})
 
 
-def step_logits(output) -> torch.Tensor:
-    return torch.stack(output.logits, dim=1)  # (B, NEW_TOKENS, V): the raw logits each decode step saw
-
-
 def assert_same_logits(actual, expected):
     """Two fp32 computations of the same logits (they differ by about 1e-6 when the cache is honoured)."""
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
-
-
-def assert_same_generation(actual, expected):
-    assert torch.equal(actual.sequences, expected.sequences)
-    assert_same_logits(step_logits(actual), step_logits(expected))
 
 
 def assert_not_degenerate(sequences, at_least):

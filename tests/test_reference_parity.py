@@ -5,6 +5,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
+from tinylm_testing import assert_same_generation, generate_with_logits
 
 TOL = 1e-5  # fp32 max abs logit difference
 
@@ -57,13 +58,17 @@ def load_exactly(model, weights):
     return model.eval()
 
 
-def assert_same_logits_and_greedy_generation(tiny, reference):
-    """Logits on 40 random tokens within TOL, and 24 greedy tokens after an 8-token prompt identical."""
+def assert_same_logits_and_generations(tiny, reference):
+    """Logits on 40 random tokens within TOL; and 24 generated tokens after an 8-token prompt, greedy and sampled
+    (so that the sequence varies), the same tokens with every step's logits within TOL."""
     ids = torch.randint(0, 128, (3, 40))
     assert (tiny(ids).logits - reference(ids).logits).abs().max() <= TOL
     prompt = ids[:, :8]
-    expected = reference.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=0)
-    assert torch.equal(tiny.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=0), expected)
+    for settings in (dict(do_sample=False), dict(do_sample=True, top_k=0)):
+        settings.update(max_new_tokens=24, pad_token_id=0)
+        expected = generate_with_logits(reference, prompt, **settings)
+        assert_same_generation(generate_with_logits(tiny, prompt, **settings), expected, atol=TOL)
+    assert len(set(expected.sequences[0, 8:].tolist())) >= 8, "the sampled sequence should vary"
 
 
 def test_gpt2_preset_has_exactly_the_parameters_of_gpt2():
@@ -91,7 +96,7 @@ def test_gpt2_style_tinylm_matches_gpt2lmheadmodel(options):
         scale_attn_by_inverse_layer_idx=gpt2_config.scale_attn_by_inverse_layer_idx,
     ))
     load_exactly(tiny, gpt2_weights_for_tinylm(gpt2))
-    assert_same_logits_and_greedy_generation(tiny, gpt2)
+    assert_same_logits_and_generations(tiny, gpt2)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +112,8 @@ def test_gpt2_style_tinylm_matches_gpt2lmheadmodel(options):
 def test_llama_style_tinylm_matches_llamaforcausallm(rope_parameters, tied):
     torch.manual_seed(0)
     shape = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=tied)
+                 num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=tied, bos_token_id=1,
+                 eos_token_id=2)  # Llama's special tokens, so that both stop at the same end-of-sequence
     llama = LlamaForCausalLM(LlamaConfig(**shape, rms_norm_eps=1e-6, rope_parameters=dict(rope_parameters))).eval()
     randomise_norms(llama)
     tiny = TinyLMForCausalLM(TinyLMConfig.from_preset("llama-tiny", **shape, rope_parameters=dict(rope_parameters)))
@@ -115,4 +121,4 @@ def test_llama_style_tinylm_matches_llamaforcausallm(rope_parameters, tied):
 
     # 40 + 24 tokens run past max_position_embeddings=32: rotary positions have no hard limit, and dynamic
     # scaling only starts beyond it.
-    assert_same_logits_and_greedy_generation(tiny, llama)
+    assert_same_logits_and_generations(tiny, llama)

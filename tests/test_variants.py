@@ -7,7 +7,17 @@ import torch
 from safetensors import safe_open
 
 from hf_tinylm import TinyLMForCausalLM
-from tinylm_testing import VARIANT_FACTORS, VARIANTS, all_pairs, build, variant_config, variant_id
+from tinylm_testing import (
+    VARIANT_FACTORS,
+    VARIANTS,
+    all_pairs,
+    assert_same_generation,
+    build,
+    generate_with_logits,
+    step_logits,
+    variant_config,
+    variant_id,
+)
 
 TOL = 1e-5  # fp32 max abs difference between two computations of the same logits
 
@@ -39,13 +49,14 @@ def test_incremental_decoding_with_cache_equals_full_forward(row):
 
 
 @variants
-def test_greedy_generate_is_identical_with_and_without_cache(row):
+def test_sampled_generate_is_identical_with_and_without_cache_in_tokens_and_logits(row):
     model = build(variant_config(row))
     prompt = torch.randint(1, 64, (2, 6))
-    with_cache = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True)
-    without = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False)
-    assert with_cache.shape == (2, 18)
-    assert torch.equal(with_cache, without)
+    settings = dict(max_new_tokens=12, do_sample=True, top_k=0)
+    with_cache = generate_with_logits(model, prompt, use_cache=True, **settings)
+    assert with_cache.sequences.shape == (2, 18)
+    assert len(set(with_cache.sequences[0, 6:].tolist())) >= 6, "the sampled sequence should vary"
+    assert_same_generation(generate_with_logits(model, prompt, use_cache=False, **settings), with_cache, atol=TOL)
 
 
 @variants
@@ -61,10 +72,12 @@ def test_left_padded_batch_equals_prompts_run_one_by_one(row):
     assert (logits[0, 4:] - model(short).logits[0]).abs().max() <= TOL
     assert (logits[1] - model(long).logits[0]).abs().max() <= TOL
 
-    generated = model.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    alone = [model.generate(p, max_new_tokens=8, do_sample=False, pad_token_id=0) for p in (short, long)]
-    assert torch.equal(generated[0, 4:], alone[0][0])
-    assert torch.equal(generated[1], alone[1][0])
+    settings = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    batched = generate_with_logits(model, batch, attention_mask=mask, **settings)
+    for row, (prompt, pads) in enumerate([(short, 4), (long, 0)]):
+        alone = generate_with_logits(model, prompt, **settings)
+        assert torch.equal(batched.sequences[row, pads:], alone.sequences[0])
+        assert (step_logits(batched)[row] - step_logits(alone)[0]).abs().max() <= TOL
 
 
 def padded_logits_by_kernel(model, *implementations):

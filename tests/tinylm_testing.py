@@ -76,3 +76,19 @@ def all_pairs(rows, factors) -> set:
     return {
         (a, row[i], b, row[j]) for row in rows for (i, a), (j, b) in itertools.combinations(enumerate(names), 2)
     }
+
+
+def generate_with_logits(model, prompt: torch.Tensor, seed: int = 0, **settings):
+    """`generate` with the raw logits of every step, from a fixed seed (so sampling repeats across models)."""
+    torch.manual_seed(seed)
+    return model.generate(prompt, return_dict_in_generate=True, output_logits=True, **settings)
+
+
+def step_logits(output) -> torch.Tensor:
+    return torch.stack(output.logits, dim=1)  # (B, new tokens, V): the logits each decode step saw
+
+
+def assert_same_generation(actual, expected, atol: float = 1e-5) -> None:
+    """Two generations agree token for token and, at every step, in fp32 logits within `atol`."""
+    assert torch.equal(actual.sequences, expected.sequences)
+    torch.testing.assert_close(step_logits(actual), step_logits(expected), rtol=0, atol=atol)
