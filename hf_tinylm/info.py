@@ -102,7 +102,7 @@ def summary(config: TinyLMConfig) -> dict:
         "norm_position": config.norm_position,
         "norm_eps": config.norm_eps,
         "position_embedding_type": config.position_embedding_type,
-        "rope_parameters": config.rope_parameters if config.position_embedding_type == "rotary" else None,
+        "rope_parameters": config.rope_parameters,
         "max_position_embeddings": config.max_position_embeddings,
         "vocab_size": config.vocab_size,
         "tie_word_embeddings": config.tie_word_embeddings,
