@@ -23,11 +23,10 @@ from transformers import (
 
 from hf_tinylm import PRESETS, TinyLMConfig, TinyLMForCausalLM, TinyLMModel
 from hf_tinylm.training.tokenizer import byte_level_tokenizer
-from tinylm_testing import VOCAB, build, tiny_config
+from tinylm_testing import VOCAB, assert_not_degenerate, assert_same_logits, build, step_logits, tiny_config
 
 POSITIONS = ["learned", "sinusoidal", "rotary", "alibi"]
 NON_ROTARY = ["learned", "sinusoidal", "alibi"]
-TOL = 1e-5  # fp32 max abs difference between two computations of the same logits
 
 every_position_scheme = pytest.mark.parametrize("positions", POSITIONS)
 
@@ -42,19 +41,6 @@ def lively_model(positions="rotary", **overrides) -> TinyLMForCausalLM:
 
 def token_ids(batch, length, seed=1) -> torch.Tensor:
     return torch.randint(1, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def assert_same_logits(actual, expected):
-    torch.testing.assert_close(actual, expected, rtol=0, atol=TOL)
-
-
-def step_logits(output) -> torch.Tensor:
-    return torch.stack(output.logits, dim=1)  # (B, new tokens, V)
-
-
-def assert_not_degenerate(tokens: torch.Tensor, at_least: int):
-    for row in tokens:
-        assert len(set(row.tolist())) >= at_least, f"degenerate generation {row.tolist()}: pick another seed"
 
 
 GREEDY = dict(do_sample=False, return_dict_in_generate=True, output_logits=True, pad_token_id=0)

@@ -88,7 +88,18 @@ def step_logits(output) -> torch.Tensor:
     return torch.stack(output.logits, dim=1)  # (B, new tokens, V): the logits each decode step saw
 
 
+def assert_same_logits(actual, expected, atol: float = 1e-5) -> None:
+    """Two fp32 computations of the same logits (about 1e-6 apart when both are right)."""
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
+
+
 def assert_same_generation(actual, expected, atol: float = 1e-5) -> None:
     """Two generations agree token for token and, at every step, in fp32 logits within `atol`."""
     assert torch.equal(actual.sequences, expected.sequences)
-    torch.testing.assert_close(step_logits(actual), step_logits(expected), rtol=0, atol=atol)
+    assert_same_logits(step_logits(actual), step_logits(expected), atol=atol)
+
+
+def assert_not_degenerate(tokens: torch.Tensor, at_least: int) -> None:
+    """Each row of generated `tokens` has `at_least` distinct tokens, so a comparison sees more than one token."""
+    for row in tokens:
+        assert len(set(row.tolist())) >= at_least, f"degenerate generation {row.tolist()}: pick another seed"
