@@ -11,6 +11,7 @@ from typing import TextIO
 
 from transformers import GenerationConfig, TextStreamer, pipeline, set_seed
 
+from .conversion.sources import check_tinylm_checkpoint
 from .info import read_tinylm_config
 
 DEFAULT_MAX_NEW_TOKENS = 50
@@ -74,6 +75,7 @@ def generate(model_dir: str | Path, prompt: str, options: GenerateOptions, out: 
     out = out or sys.stdout
     config = read_tinylm_config(model_dir)
     folder = Path(model_dir)
+    check_tinylm_checkpoint(folder, config)  # unreadable or mismatched weights: one clear line, not a traceback
     if not (folder / "tokenizer_config.json").is_file() and not (folder / "tokenizer.json").is_file():
         raise ValueError(f"{folder} has no tokenizer (tokenizer.json / tokenizer_config.json); generation needs one.")
 

@@ -36,6 +36,7 @@ from .sources import (
     OPENAI_TF,
     TINYLM,
     GPT2Source,
+    check_tinylm_checkpoint,
     detect_format,
     load_generation_config,
     load_openai_tf,
@@ -192,6 +193,7 @@ def _tinylm_to_gpt2(
 ) -> ConversionResult:
     config = TinyLMConfig.from_pretrained(folder)
     gpt2_config = gpt2_config_from_tinylm(config)  # refuses what GPT-2 cannot represent, before loading weights
+    check_tinylm_checkpoint(folder, config)
     source = TinyLMForCausalLM.from_pretrained(folder, dtype="auto")
     dtype = dtype or _dtype_name(source.model.embed_tokens.weight.dtype)
     batch = parity_batch(config.vocab_size, config.max_position_embeddings)

@@ -193,12 +193,12 @@ def check_gpt2_state_dict(state_dict: Mapping[str, torch.Tensor], gpt2: GPT2Conf
     if "lm_head.weight" not in state_dict and not gpt2.tie_word_embeddings:
         missing.append("lm_head.weight (required: the config has tie_word_embeddings=False)")
     if missing:
-        raise ConversionError(f"The checkpoint is missing {len(missing)} GPT-2 tensor(s): {', '.join(missing)}.")
+        raise ConversionError(f"The checkpoint is missing {len(missing)} GPT-2 tensor(s): {name_list(missing)}.")
     unexpected = sorted(set(state_dict) - set(expected))
     if unexpected:
         raise ConversionError(
-            f"The checkpoint has tensor(s) a GPT2LMHeadModel with this config does not: {', '.join(unexpected[:10])}"
-            f"{' ...' if len(unexpected) > 10 else ''}. Is it a GPT-2 checkpoint with a matching config.json?"
+            f"The checkpoint has tensor(s) a GPT2LMHeadModel with this config does not: {name_list(unexpected)}. "
+            "Is it a GPT-2 checkpoint with a matching config.json?"
         )
     for name, tensor in state_dict.items():
         if not tensor.is_floating_point():
@@ -215,6 +215,12 @@ def check_gpt2_state_dict(state_dict: Mapping[str, torch.Tensor], gpt2: GPT2Conf
             "`lm_head.weight` differs from `wte.weight`. Set \"tie_word_embeddings\": false in config.json if the "
             "head is meant to be separate."
         )
+
+
+def name_list(names: list[str], limit: int = 10) -> str:
+    """`names` joined by commas, the first `limit` of them only: an error message stays one readable line."""
+    rest = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {rest} more" if rest > 0 else "")
 
 
 def gpt2_to_tinylm_tensors(
