@@ -170,7 +170,7 @@ def _add_train(subparsers) -> None:
     out.add_argument("--save-steps", type=_non_negative_int, default=500, help="checkpoint every N steps (0: never)")
     out.add_argument("--save-total-limit", type=_positive_int, default=2, help="checkpoints to keep")
     out.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                     help="continue from the latest checkpoint in --checkpoint-dir, or from CHECKPOINT")
+                     help="continue from the latest complete checkpoint in --checkpoint-dir, or from CHECKPOINT")
     out.add_argument("--logging-steps", type=_positive_int, default=10)
     out.add_argument("--eval-steps", type=_positive_int, help="evaluate every N steps (default: before and after only)")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -7,6 +7,7 @@ training succeeded (weights, config, code files for `trust_remote_code`, tokeniz
 """
 
 import json
+import logging
 import math
 import os
 import platform
@@ -24,9 +25,10 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..configuration_tinylm import TinyLMConfig
+from ..conversion.sources import check_tinylm_checkpoint, weight_shapes
 from ..info import read_tinylm_config
 from ..modeling_tinylm import TinyLMForCausalLM
 from ..model_card import render_model_card
@@ -34,7 +36,20 @@ from ..output_folder import atomic_output_folder
 from . import data as data_lib
 from .tokenizer import BYTE_VOCAB_SIZE, byte_level_tokenizer, load_tokenizer, train_bpe_tokenizer
 
+logger = logging.getLogger(__name__)
+
 TOKENIZER_CHOICES = ("auto", "bpe", "byte")
+# What an exact resume reads from a Trainer checkpoint: the file reported when absent -> the names that can hold it
+# (the others are the layouts of FSDP and of multi-process RNG states). Trainer writes trainer_state.json last.
+CHECKPOINT_FILES = {
+    "model.safetensors": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                          "pytorch_model_fsdp*"),
+    "optimizer.pt": ("optimizer.pt", "optimizer.bin", "optimizer_*"),
+    "scheduler.pt": ("scheduler.pt",),
+    "rng_state.pth": ("rng_state.pth", "rng_state_*.pth"),
+    "tokenizer_config.json": ("tokenizer_config.json",),
+    "trainer_state.json": ("trainer_state.json",),
+}
 
 
 @dataclass
@@ -206,7 +221,9 @@ def _base_config(s: TrainSettings) -> tuple[TinyLMConfig, str]:
     if s.model:
         if s.config_overrides:
             raise ValueError("--config-overrides applies to --preset/--config (a new model), not to --model.")
-        return read_tinylm_config(s.model), str(s.model)
+        config = read_tinylm_config(s.model)
+        check_tinylm_checkpoint(Path(s.model), config)
+        return config, str(s.model)
     if s.config:
         path = Path(s.config)
         if not path.is_file():
@@ -245,17 +262,58 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
 
 
 def _resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> Path | None:
+    """The checkpoint `--resume` continues from: the one named, which must be complete, or for "latest" the newest
+    complete one in `checkpoint_dir`, passing over (with a warning) newer ones that an interrupt cut short."""
     if resume is None:
         return None
     if resume != "latest":
-        path = Path(resume)
-        if not (path / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"{path} is not a Trainer checkpoint (no trainer_state.json).")
-        return path
-    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
-    if last is None:
+        problem = checkpoint_problem(Path(resume))
+        if problem:
+            raise FileNotFoundError(f"--resume {resume}: not a complete Trainer checkpoint: {problem}.")
+        return Path(resume)
+    checkpoints = _checkpoints_newest_first(checkpoint_dir)
+    if not checkpoints:
         raise FileNotFoundError(f"--resume: no checkpoint found in {checkpoint_dir}.")
-    return Path(last)
+    skipped = []
+    for checkpoint in checkpoints:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            if skipped:
+                logger.warning("--resume: passing over incomplete %s; resuming from %s.", "; ".join(skipped),
+                               checkpoint.name)
+            return checkpoint
+        skipped.append(f"{checkpoint.name} ({problem})")
+    raise FileNotFoundError(f"--resume: no complete checkpoint in {checkpoint_dir}: {'; '.join(skipped)}.")
+
+
+def _checkpoints_newest_first(checkpoint_dir: Path) -> list[Path]:
+    """The `checkpoint-<step>` folders in `checkpoint_dir`, highest step first."""
+    steps = {}
+    for path in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if step.isdigit() and path.is_dir():
+            steps[path] = int(step)
+    return sorted(steps, key=steps.get, reverse=True)
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed exactly (missing files, a cut-off trainer state, unreadable weights), or
+    None if it can."""
+    if not checkpoint.is_dir():
+        return f"{checkpoint} is not a folder"
+    missing = [name for name, globs in CHECKPOINT_FILES.items() if not any(any(checkpoint.glob(g)) for g in globs)]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "its trainer_state.json is cut off"
+    if any(checkpoint.glob("model.safetensors*")):
+        try:
+            weight_shapes(checkpoint)
+        except (ValueError, OSError) as error:
+            return str(error)
+    return None
 
 
 def _clear_old_checkpoints(checkpoint_dir: Path, overwrite: bool) -> None:
