@@ -7,7 +7,11 @@ argparse usage errors exit with 2 and Ctrl-C with 130. Each command imports its 
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -23,15 +27,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        result = args.func(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
+    with _ctrl_c_recorded() as interrupted:
+        try:
+            result = args.func(args)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except (ValueError, OSError) as error:
+            if interrupted:  # a library turned the KeyboardInterrupt into an error of its own
+                print(f"{PROG}: interrupted", file=sys.stderr)
+                return 130
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            return 1
     return result if isinstance(result, int) else 0
+
+
+@contextmanager
+def _ctrl_c_recorded() -> Iterator[list]:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is also recorded in the yielded list: some libraries (torch's
+    storage code under safetensors, for one) catch the KeyboardInterrupt and raise another error instead."""
+    received: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def on_sigint(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:
