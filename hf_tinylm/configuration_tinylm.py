@@ -198,10 +198,16 @@ class TinyLMConfig(PreTrainedConfig):
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
-        # The model classes are saved with the weights; `AutoModel` is added here because `save_pretrained` only
+        # The model classes are saved with the weights; they are all listed here because `save_pretrained` only
         # records the class of the saved object (and the config) in `auto_map`.
         if getattr(self, "auto_map", None) is None:
-            self.auto_map = {"AutoModel": "modeling_tinylm.TinyLMModel"}
+            self.auto_map = {
+                "AutoModel": "modeling_tinylm.TinyLMModel",
+                "AutoModelForCausalLM": "modeling_tinylm.TinyLMForCausalLM",
+                "AutoModelForSequenceClassification": "modeling_tinylm.TinyLMForSequenceClassification",
+                "AutoModelForTokenClassification": "modeling_tinylm.TinyLMForTokenClassification",
+                "AutoModelForQuestionAnswering": "modeling_tinylm.TinyLMForQuestionAnswering",
+            }
         super().__post_init__(**kwargs)  # fills in `rope_parameters` (honouring a legacy top-level `rope_theta`)
         if self.position_embedding_type != "rotary" and self.rope_parameters == self._default_rope_parameters():
             # Transformers gives every config these defaults (configs saved before 0.2 carry them too), and treats a

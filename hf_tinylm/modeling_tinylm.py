@@ -1,8 +1,8 @@
 """The TinyLM decoder-only language model, built the way Transformers 5 builds its own models.
 
 Read top to bottom: norms -> position schemes -> attention -> MLP -> decoder block -> pretrained base ->
-`TinyLMModel` -> `TinyLMForCausalLM`. Notation in shape comments: B batch, T query length, S key/value length,
-H query heads, K key/value heads, D head dim, E hidden size.
+`TinyLMModel` -> `TinyLMForCausalLM` -> the task heads. Notation in shape comments: B batch, T query length,
+S key/value length, H query heads, K key/value heads, D head dim, E hidden size.
 
 This file is copied next to the weights by `save_pretrained` (for `trust_remote_code`), so besides
 `torch`, `transformers` and the standard library it imports only `.configuration_tinylm`.
@@ -20,7 +20,12 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.generation.continuous_batching.cache import PagedAttentionCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_layers import (
+    GenericForQuestionAnswering,
+    GenericForSequenceClassification,
+    GenericForTokenClassification,
+    GradientCheckpointingLayer,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
@@ -634,8 +639,61 @@ class TinyLMForCausalLM(TinyLMPreTrainedModel, GenerationMixin):
         )
 
 
+# ----------------------------------------------------------------------------------------------- task heads
+# Forward, pooling and losses are Transformers' own (`Generic*`, as Llama uses). Each `__init__` builds `TinyLMModel`
+# directly instead of through `AutoModel.from_config`: under `trust_remote_code` the downloaded config class is not
+# registered with `AutoModel`, which would then refuse (or prompt) to run the custom code. The attribute names
+# (`model`, `score`, `qa_outputs`) are the generic ones, so a causal-LM folder loads with its body kept and only the
+# head newly initialised.
+
+
+class TinyLMForSequenceClassification(GenericForSequenceClassification, TinyLMPreTrainedModel):
+    """TinyLM with a linear head on the last non-pad token of each row (left or right padding, found through
+    `pad_token_id`); the loss follows `config.problem_type` (regression, single- or multi-label)."""
+
+    def __init__(self, config: TinyLMConfig):
+        TinyLMPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = TinyLMModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+
+class TinyLMForTokenClassification(GenericForTokenClassification, TinyLMPreTrainedModel):
+    """TinyLM with a linear head on every token (after `config.classifier_dropout`, 0.1 when unset)."""
+
+    def __init__(self, config: TinyLMConfig):
+        TinyLMPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = TinyLMModel(config)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(0.1 if dropout is None else dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=True)
+        self.post_init()
+
+
+class TinyLMForQuestionAnswering(GenericForQuestionAnswering, TinyLMPreTrainedModel):
+    """TinyLM with extractive question-answering span logits (start and end) on every token."""
+
+    def __init__(self, config: TinyLMConfig):
+        TinyLMPreTrainedModel.__init__(self, config)
+        self.model = TinyLMModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+
 # Saved models carry this file and the config's, so a Hub user loads them with `trust_remote_code=True`.
 TinyLMModel.register_for_auto_class("AutoModel")
 TinyLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+TinyLMForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+TinyLMForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+TinyLMForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
 
-__all__ = ["TinyLMPreTrainedModel", "TinyLMModel", "TinyLMForCausalLM"]
+__all__ = [
+    "TinyLMPreTrainedModel",
+    "TinyLMModel",
+    "TinyLMForCausalLM",
+    "TinyLMForSequenceClassification",
+    "TinyLMForTokenClassification",
+    "TinyLMForQuestionAnswering",
+]

@@ -30,6 +30,9 @@ def test_saved_folder_carries_code_and_auto_map_and_loads_through_auto_classes(t
         "AutoConfig": "configuration_tinylm.TinyLMConfig",
         "AutoModel": "modeling_tinylm.TinyLMModel",
         "AutoModelForCausalLM": "modeling_tinylm.TinyLMForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_tinylm.TinyLMForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_tinylm.TinyLMForTokenClassification",
+        "AutoModelForQuestionAnswering": "modeling_tinylm.TinyLMForQuestionAnswering",
     }
     ids = torch.randint(1, 64, (2, 7))
     causal = AutoModelForCausalLM.from_pretrained(tmp_path)
