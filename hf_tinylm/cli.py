@@ -266,7 +266,7 @@ def _add_generate(subparsers) -> None:
     mode.add_argument("--sample", action="store_true", help="sampling (implied by --temperature/--top-k/--top-p)")
     p.add_argument("--temperature", type=_positive_float, help="sampling temperature (> 0; use --greedy for 0)")
     p.add_argument("--top-k", type=_non_negative_int, help="sample from the K most likely tokens (0: all)")
-    p.add_argument("--top-p", type=_probability, help="nucleus sampling: the likeliest tokens up to this mass, in (0, 1]")
+    p.add_argument("--top-p", type=_probability, help="nucleus sampling: likeliest tokens up to this mass")
     p.add_argument("--num-beams", type=_positive_int, help="beam search with N beams (output is not streamed)")
     p.add_argument("--repetition-penalty", type=_positive_float, help="> 1 discourages repeats, 1 disables")
     p.add_argument("--max-new-tokens", type=_positive_int, help="default: the generation config's, else 50")
