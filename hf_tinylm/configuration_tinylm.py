@@ -210,7 +210,7 @@ class TinyLMConfig(PreTrainedConfig):
             }
         super().__post_init__(**kwargs)  # fills in `rope_parameters` (honouring a legacy top-level `rope_theta`)
         if self.position_embedding_type != "rotary" and self.rope_parameters == self._default_rope_parameters():
-            # Transformers gives every config these defaults (configs saved before 0.2 carry them too), and treats a
+            # Transformers gives every config these defaults (earlier TinyLM configs saved them too), and treats a
             # config that has `rope_parameters` as a RoPE model: a non-rotary one must not have them.
             self.rope_parameters = None
         self.validate_architecture()
