@@ -22,7 +22,7 @@ from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
 from hf_tinylm.configuration_tinylm import MIN_TRANSFORMERS_VERSION
 from hf_tinylm.conversion.convert import convert
 from hf_tinylm.conversion.gpt2_mapping import ConversionError
-from tinylm_testing import assert_same_generation, generate_with_logits
+from tinylm_testing import assert_same_generation, generate_with_logits, run_without_hf_tinylm
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-5  # fp32 logits, converted vs GPT2LMHeadModel
@@ -383,13 +383,7 @@ def test_real_gpt2_block0_weights_convert_with_logits_parity(shared_data, tmp_pa
 
 
 REMOTE_CODE_CHECK = """
-import sys, torch
-sys.modules["hf_tinylm"] = None  # as on a machine without the package
-try:
-    import hf_tinylm
-    sys.exit("hf_tinylm is importable: the test would prove nothing")
-except ImportError:
-    pass
+import torch
 from transformers import AutoModelForCausalLM
 folder, input_ids, expected = sys.argv[1], torch.load(sys.argv[2]), torch.load(sys.argv[3])
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
@@ -410,12 +404,8 @@ def test_converted_folder_loads_with_trust_remote_code_where_hf_tinylm_is_absent
         expected = GPT2LMHeadModel.from_pretrained(gpt2_folder)(input_ids).logits
     torch.save(input_ids, tmp_path / "ids.pt")
     torch.save(expected, tmp_path / "expected.pt")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    run = subprocess.run(
-        [sys.executable, "-I", "-c", REMOTE_CODE_CHECK, str(tinylm_folder), str(tmp_path / "ids.pt"),
-         str(tmp_path / "expected.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    run = run_without_hf_tinylm(REMOTE_CODE_CHECK, tinylm_folder, tmp_path / "ids.pt", tmp_path / "expected.pt",
+                                cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "remote code ok" in run.stdout
 

@@ -1,32 +1,11 @@
 """A saved TinyLM folder loads with `trust_remote_code=True` where `hf_tinylm` itself cannot be imported."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import torch
 
-from tinylm_testing import build, tiny_config
+from tinylm_testing import build, run_without_hf_tinylm, tiny_config
 
-# Runs in a fresh interpreter in which importing hf_tinylm fails, as on a machine that only has the Hub folder.
-LOAD_WITHOUT_PACKAGE = textwrap.dedent(
-    """
-    import sys
-    from importlib.abc import MetaPathFinder
-
-    class RefuseHfTinyLM(MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_tinylm":
-                raise ImportError("hf_tinylm is not installed here")
-
-    sys.meta_path.insert(0, RefuseHfTinyLM())
-    try:
-        import hf_tinylm
-        raise SystemExit("hf_tinylm was importable: the test would prove nothing")
-    except ImportError:
-        pass
-
+# Runs where hf_tinylm cannot be imported (see `run_without_hf_tinylm`).
+LOAD_WITHOUT_PACKAGE = """
     import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
@@ -47,8 +26,7 @@ LOAD_WITHOUT_PACKAGE = textwrap.dedent(
     base = AutoModel.from_pretrained(folder, trust_remote_code=True)
     assert type(base).__name__ == "TinyLMModel"
     print("remote code OK")
-    """
-)
+"""
 
 
 def test_saved_folder_loads_with_trust_remote_code_without_the_package(tmp_path):
@@ -61,10 +39,6 @@ def test_saved_folder_loads_with_trust_remote_code_without_the_package(tmp_path)
                     "generated": model.generate(ids[:, :4], max_new_tokens=6, do_sample=False)}
     torch.save(expected, tmp_path / "expected.pt")
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_PACKAGE, str(folder), str(tmp_path / "expected.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = run_without_hf_tinylm(LOAD_WITHOUT_PACKAGE, folder, tmp_path / "expected.pt", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code OK" in result.stdout

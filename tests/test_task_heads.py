@@ -2,10 +2,6 @@
 Auto classes, save/load, remote code, loading from a causal-LM folder, pooling, losses, pipelines, `Trainer`."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -26,7 +22,7 @@ from hf_tinylm import (
     TinyLMModel,
 )
 from hf_tinylm.training.tokenizer import byte_level_tokenizer
-from tinylm_testing import build, tiny_config
+from tinylm_testing import build, run_without_hf_tinylm, tiny_config
 
 HEADS = {
     "sequence": (AutoModelForSequenceClassification, TinyLMForSequenceClassification, ["score.weight"]),
@@ -77,23 +73,7 @@ def test_heads_save_and_reload_bit_exact_through_the_auto_classes(kind, tmp_path
         assert torch.equal(before, after)
 
 
-LOAD_HEADS_WITHOUT_PACKAGE = textwrap.dedent(
-    """
-    import sys
-    from importlib.abc import MetaPathFinder
-
-    class RefuseHfTinyLM(MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_tinylm":
-                raise ImportError("hf_tinylm is not installed here")
-
-    sys.meta_path.insert(0, RefuseHfTinyLM())
-    try:
-        import hf_tinylm
-        raise SystemExit("hf_tinylm was importable: the test would prove nothing")
-    except ImportError:
-        pass
-
+LOAD_HEADS_WITHOUT_PACKAGE = """
     import torch
     import transformers
 
@@ -107,8 +87,7 @@ LOAD_HEADS_WITHOUT_PACKAGE = textwrap.dedent(
         for a, b in zip(actual, expected["outputs"][auto_name], strict=True):
             assert torch.equal(a, b), auto_name
         print(auto_name, "OK")
-    """
-)
+"""
 
 
 def test_heads_load_with_trust_remote_code_without_the_package(tmp_path):
@@ -122,11 +101,7 @@ def test_heads_load_with_trust_remote_code_without_the_package(tmp_path):
         expected["outputs"][auto_class.__name__] = outputs_of(model, ids)
     torch.save(expected, tmp_path / "expected.pt")
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_HEADS_WITHOUT_PACKAGE, str(tmp_path / "expected.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-    )
+    result = run_without_hf_tinylm(LOAD_HEADS_WITHOUT_PACKAGE, tmp_path / "expected.pt", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split("\n")[:3] == [f"{auto.__name__} OK" for auto, _, _ in HEADS.values()]
 

@@ -1,6 +1,11 @@
 """Tiny TinyLM configurations shared by the tests, and the pairwise table of architecture variants."""
 
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import torch
 
@@ -103,3 +108,26 @@ def assert_not_degenerate(tokens: torch.Tensor, at_least: int) -> None:
     """Each row of generated `tokens` has `at_least` distinct tokens, so a comparison sees more than one token."""
     for row in tokens:
         assert len(set(row.tolist())) >= at_least, f"degenerate generation {row.tolist()}: pick another seed"
+
+
+# Prepended to a script by `run_without_hf_tinylm`: importing hf_tinylm fails, as on a machine that only has a
+# saved folder, so the folder's own code (`trust_remote_code=True`) is what runs.
+_REFUSE_HF_TINYLM = """
+import sys
+sys.modules["hf_tinylm"] = None
+try:
+    import hf_tinylm
+    sys.exit("hf_tinylm was importable: the test would prove nothing")
+except ImportError:
+    pass
+"""
+
+
+def run_without_hf_tinylm(script: str, *args, cwd) -> subprocess.CompletedProcess:
+    """Run `script` (given `args` as sys.argv[1:]) in a fresh offline interpreter where hf_tinylm cannot be
+    imported, with its own remote-code modules folder under `cwd`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(Path(cwd) / "modules")}
+    return subprocess.run(
+        [sys.executable, "-c", _REFUSE_HF_TINYLM + textwrap.dedent(script), *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
