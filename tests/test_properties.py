@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
 from hf_tinylm.configuration_tinylm import MLP_TYPES, NORM_POSITIONS, NORM_TYPES, POSITION_EMBEDDING_TYPES, ROPE_TYPES
+from tinylm_testing import build
 
 VOCAB, PROMPT, NEW_TOKENS = 48, 5, 6
 TOL = 1e-5  # fp32 max |Δlogits| between two computations of the same thing
@@ -75,15 +76,8 @@ def config_fields(draw) -> dict:
     return fields
 
 
-def build(fields: dict, seed: int = 0) -> TinyLMForCausalLM:
-    """The model of these fields in eval mode, with randomised norms so that every weight moves the logits."""
-    torch.manual_seed(seed)
-    model = TinyLMForCausalLM(TinyLMConfig(**fields)).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.add_(0.1 * torch.randn_like(param))
-    return model
+def model_of(fields: dict) -> TinyLMForCausalLM:
+    return build(TinyLMConfig(**fields))  # eval mode, norms randomised so that every weight moves the logits
 
 
 def token_ids(*shape) -> torch.Tensor:
@@ -105,7 +99,7 @@ valid_configs = given(fields=config_fields())
 @valid_configs
 @torch.no_grad()
 def test_generation_scores_equal_a_full_forward_over_the_generated_sequence(fields):
-    model = build(fields)
+    model = model_of(fields)
     torch.manual_seed(0)
     output = model.generate(token_ids(2, PROMPT), max_new_tokens=NEW_TOKENS, do_sample=True, top_k=0,
                             return_dict_in_generate=True, output_logits=True, pad_token_id=0)
@@ -117,7 +111,7 @@ def test_generation_scores_equal_a_full_forward_over_the_generated_sequence(fiel
 @valid_configs
 @torch.no_grad()
 def test_left_padding_changes_nothing_for_the_real_tokens(fields):
-    model = build(fields)
+    model = model_of(fields)
     batch, mask, (short, long) = left_padded_batch()
     logits = model(batch, attention_mask=mask).logits
     assert (logits[0, 3:] - model(short).logits[0]).abs().max() <= TOL
@@ -125,7 +119,7 @@ def test_left_padding_changes_nothing_for_the_real_tokens(fields):
 
 
 def logits_by_kernel(fields, *implementations):
-    model = build(fields)
+    model = model_of(fields)
     batch, mask, _ = left_padded_batch()
     logits = []
     for implementation in implementations:
@@ -153,7 +147,7 @@ def test_flex_attention_agrees_with_eager(fields):
 @valid_configs
 @torch.no_grad()
 def test_save_and_load_are_bit_exact_and_store_the_tie_once(fields):
-    model = build(fields)
+    model = model_of(fields)
     ids = token_ids(2, 7)
     expected = model(ids).logits
     with tempfile.TemporaryDirectory() as folder:
@@ -171,7 +165,7 @@ def test_save_and_load_are_bit_exact_and_store_the_tie_once(fields):
 
 @valid_configs
 def test_gradients_reach_every_parameter_and_survive_gradient_checkpointing(fields):
-    model = build(fields).train()
+    model = model_of(fields).train()
     ids = token_ids(2, 9)
 
     def gradients():
@@ -191,7 +185,7 @@ def test_gradients_reach_every_parameter_and_survive_gradient_checkpointing(fiel
 @valid_configs
 @torch.no_grad()
 def test_resizing_the_vocabulary_keeps_the_tie_and_the_old_tokens_logits(fields):
-    model = build(fields)
+    model = model_of(fields)
     ids = token_ids(2, 7)
     before = model(ids).logits
     model.resize_token_embeddings(VOCAB + 5)
@@ -207,7 +201,7 @@ def test_resizing_the_vocabulary_keeps_the_tie_and_the_old_tokens_logits(fields)
 @torch.no_grad()
 def test_half_precision_logits_stay_close_to_float32(fields, dtype, tolerance):
     """Stated tolerance: max |Δlogits| relative to the largest |logit| (bf16 keeps 8 bits of mantissa, fp16 11)."""
-    model = build(fields)
+    model = model_of(fields)
     ids = token_ids(2, 9)
     reference = model(ids).logits
     half = model.to(dtype)(ids).logits.float()
