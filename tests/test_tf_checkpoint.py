@@ -1,4 +1,4 @@
-"""Tests for the TensorFlow-free checkpoint reader (hf_tinylm.tf_checkpoint).
+"""Tests for the TensorFlow-free checkpoint reader (hf_tinylm.conversion.tf_checkpoint).
 
 Real files: OpenAI's GPT-2 124M index (+ the first 3 MiB of its data file) and a tiny GPT-2
 checkpoint written by TensorFlow itself, with its Hugging Face twin. Feature and refusal
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from hf_tinylm.tf_checkpoint import (
+from hf_tinylm.conversion.tf_checkpoint import (
     TFCheckpointError,
     TFCheckpointReader,
     masked_crc32c,
