@@ -25,7 +25,15 @@ from transformers import PreTrainedConfig  # noqa: E402
 from transformers.activations import ACT2FN  # noqa: E402
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, RopeParameters  # noqa: E402
 
-POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal", "rotary", "alibi")
+# What the code around the model needs to know of each position scheme: whether positions are absolute (embedded
+# from a table of `max_position_embeddings` rows, so that is a hard limit on the context) and learned (a weight).
+POSITION_SCHEMES = {
+    "learned": dict(absolute=True, learned=True),
+    "sinusoidal": dict(absolute=True, learned=False),
+    "rotary": dict(absolute=False, learned=False),  # configured by `rope_parameters`
+    "alibi": dict(absolute=False, learned=False),  # an additive attention bias
+}
+POSITION_EMBEDDING_TYPES = tuple(POSITION_SCHEMES)
 NORM_TYPES = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 MLP_TYPES = ("mlp", "glu")  # "mlp": down(act(up(x))); "glu": down(act(gate(x)) * up(x)), SwiGLU with act "silu"
@@ -54,6 +62,12 @@ _FIELD_KINDS = {
 }
 # None means: derived from the other fields (sizes), or not used (sliding window, attention scale).
 _OPTIONAL_FIELDS = ("num_key_value_heads", "head_dim", "intermediate_size", "sliding_window", "attention_scale")
+# The sizes left as None are derived from the others, so: field -> its value from the other fields.
+_DERIVED_SIZES = {
+    "num_key_value_heads": lambda config: config.num_attention_heads,  # multi-head attention
+    "head_dim": lambda config: config.hidden_size // config.num_attention_heads,
+    "intermediate_size": lambda config: 4 * config.hidden_size,
+}
 # The numeric RoPE parameters and what each must be (Transformers checks which keys a type needs, but only warns
 # about their values).
 _ROPE_NUMBERS = {
@@ -99,23 +113,21 @@ _LLAMA = dict(
     tie_word_embeddings=False,
 )
 
-# name -> overrides of the class defaults (which are the "tiny" preset). GPT-2 sizes are OpenAI's exact shapes.
+# name -> overrides of the class defaults (which are the "tiny" preset). GPT-2 sizes are OpenAI's exact shapes. A size
+# left out is derived (`_DERIVED_SIZES`: an MLP 4 x hidden_size wide, multi-head attention).
 PRESETS: dict[str, dict[str, Any]] = {
     # GPT-2-style architecture at small sizes
-    "tiny": dict(vocab_size=256, hidden_size=128, num_attention_heads=4, num_hidden_layers=4, intermediate_size=512),
-    "small": dict(vocab_size=1000, hidden_size=256, num_attention_heads=8, num_hidden_layers=6, intermediate_size=1024),
+    "tiny": dict(vocab_size=256, hidden_size=128, num_attention_heads=4, num_hidden_layers=4),
+    "small": dict(vocab_size=1000, hidden_size=256, num_attention_heads=8, num_hidden_layers=6),
     "medium": dict(vocab_size=5000, hidden_size=512, num_attention_heads=8, num_hidden_layers=12,
-                   intermediate_size=2048, max_position_embeddings=1024),
+                   max_position_embeddings=1024),
     "base": dict(vocab_size=10000, hidden_size=768, num_attention_heads=12, num_hidden_layers=12,
-                 intermediate_size=3072, max_position_embeddings=1024),
+                 max_position_embeddings=1024),
     # OpenAI GPT-2
-    "gpt2": dict(_GPT2, hidden_size=768, num_attention_heads=12, num_hidden_layers=12, intermediate_size=3072),  # 124M
-    "gpt2-medium": dict(_GPT2, hidden_size=1024, num_attention_heads=16, num_hidden_layers=24,
-                        intermediate_size=4096),  # 355M
-    "gpt2-large": dict(_GPT2, hidden_size=1280, num_attention_heads=20, num_hidden_layers=36,
-                       intermediate_size=5120),  # 774M
-    "gpt2-xl": dict(_GPT2, hidden_size=1600, num_attention_heads=25, num_hidden_layers=48,
-                    intermediate_size=6400),  # 1.56B
+    "gpt2": dict(_GPT2, hidden_size=768, num_attention_heads=12, num_hidden_layers=12),  # 124M
+    "gpt2-medium": dict(_GPT2, hidden_size=1024, num_attention_heads=16, num_hidden_layers=24),  # 355M
+    "gpt2-large": dict(_GPT2, hidden_size=1280, num_attention_heads=20, num_hidden_layers=36),  # 774M
+    "gpt2-xl": dict(_GPT2, hidden_size=1600, num_attention_heads=25, num_hidden_layers=48),  # 1.56B
     # Llama-style: RoPE, RMSNorm, SwiGLU, grouped-query attention, untied head
     "llama-tiny": dict(_LLAMA, vocab_size=256, hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
                        num_hidden_layers=4, intermediate_size=352),
@@ -192,12 +204,9 @@ class TinyLMConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self._validate_field_types()  # before the derived defaults below compute with them
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
-        if self.head_dim is None and self.num_attention_heads > 0:
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.intermediate_size is None:
-            self.intermediate_size = 4 * self.hidden_size
+        for name, derive in _DERIVED_SIZES.items():
+            if getattr(self, name) is None:
+                setattr(self, name, derive(self))
         # The model classes are saved with the weights; they are all listed here because `save_pretrained` only
         # records the class of the saved object (and the config) in `auto_map`.
         if getattr(self, "auto_map", None) is None:
@@ -220,22 +229,43 @@ class TinyLMConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "TinyLMConfig":
-        """The named preset (see `PRESETS`), with any field overridden, e.g. `from_preset("gpt2", num_hidden_layers=6)`.
-
-        An override that is not a config field is refused (the constructor would keep it as an unused attribute).
-        A preset's RoPE parameters are dropped when an override chooses other positions."""
+        """The named preset (see `PRESETS`), with any field overridden, e.g. `from_preset("gpt2", num_hidden_layers=6)`;
+        see `with_overrides`."""
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}. Valid presets: {', '.join(PRESETS)}.")
-        known = {field.name for field in dataclasses.fields(cls)}
-        for key in overrides:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" Did you mean `{close[0]}`?" if close else ""
-                raise ValueError(f"`{key}` is not a TinyLMConfig field, so it cannot override preset {name!r}.{hint}")
-        fields = {**PRESETS[name], **overrides}
-        if fields.get("position_embedding_type") != "rotary" and "rope_parameters" not in overrides:
+        _refuse_unknown_fields(overrides, f"override preset {name!r}")
+        return cls(**PRESETS[name]).with_overrides(**overrides)
+
+    def with_overrides(self, **overrides: Any) -> "TinyLMConfig":
+        """A new config: this one with `overrides` applied to the fields it is made from. A size this one derived
+        (head_dim, intermediate_size, num_key_value_heads; see `_DERIVED_SIZES`) is derived again from the new values
+        unless overridden itself, and RoPE parameters are dropped when an override chooses other positions. So a
+        saved config and the preset it came from give the same model for the same overrides.
+
+        An override that is not a config field is refused (the constructor would keep it as an unused attribute)."""
+        _refuse_unknown_fields(overrides, "override a config")
+        fields = self.to_dict()
+        for name, derive in _DERIVED_SIZES.items():
+            if fields.get(name) == derive(self):
+                del fields[name]
+        if overrides.get("position_embedding_type", "rotary") != "rotary" and "rope_parameters" not in overrides:
             fields.pop("rope_parameters", None)
-        return cls(**fields)
+        return type(self)(**{**fields, **overrides})
+
+    @property
+    def has_absolute_positions(self) -> bool:
+        """Positions are embedded from a table of `max_position_embeddings` rows (learned or sinusoidal)."""
+        return POSITION_SCHEMES[self.position_embedding_type]["absolute"]
+
+    @property
+    def has_learned_positions(self) -> bool:
+        return POSITION_SCHEMES[self.position_embedding_type]["learned"]
+
+    @property
+    def context_limit(self) -> int | None:
+        """The most tokens the model can take, prompt and generated text together: `max_position_embeddings` for
+        absolute positions; None for relative ones (rotary, ALiBi), which run past it, if less well."""
+        return self.max_position_embeddings if self.has_absolute_positions else None
 
     def validate_architecture(self) -> None:
         """Reject an inconsistent configuration, naming the field and what it may be."""
@@ -308,6 +338,15 @@ class TinyLMConfig(PreTrainedConfig):
 
 # Saved configs carry this file, so a Hub user loads them with `trust_remote_code=True`.
 TinyLMConfig.register_for_auto_class()
+
+
+def _refuse_unknown_fields(overrides: dict[str, Any], purpose: str) -> None:
+    known = {field.name for field in dataclasses.fields(TinyLMConfig)}
+    for key in overrides:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise ValueError(f"`{key}` is not a TinyLMConfig field, so it cannot {purpose}.{hint}")
 
 
 def _check_choice(field: str, value: Any, choices: tuple | list) -> None:
