@@ -11,24 +11,38 @@ from typing import TextIO
 
 from transformers import GenerationConfig, TextStreamer, pipeline, set_seed
 
-from .conversion.sources import check_tinylm_checkpoint
-from .info import read_tinylm_config
+from .flags import non_negative_int, option, positive_float, positive_int, probability
+from .model_folder import check_tinylm_checkpoint, read_tinylm_config
+from .terminal import OutputOptions
 
 DEFAULT_MAX_NEW_TOKENS = 50
 
 
-@dataclass
-class GenerateOptions:
-    greedy: bool = False
-    sample: bool = False
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    num_beams: int | None = None
-    repetition_penalty: float | None = None
-    max_new_tokens: int | None = None
-    seed: int | None = None
-    stream: bool = True
+@dataclass(kw_only=True)
+class GenerateOptions(OutputOptions):
+    """How to decode; unset options keep the model's generation config."""
+
+    greedy: bool = option(False, exclusive_group="mode", help="greedy decoding")
+    sample: bool = option(False, exclusive_group="mode", help="sampling (implied by --temperature/--top-k/--top-p)")
+    temperature: float | None = option(None, type=positive_float,
+                                       help="sampling temperature (> 0; use --greedy for 0)")
+    top_k: int | None = option(None, type=non_negative_int, help="sample from the K most likely tokens (0: all)")
+    top_p: float | None = option(None, type=probability, help="nucleus sampling: likeliest tokens up to this mass")
+    num_beams: int | None = option(None, type=positive_int, help="beam search with N beams (output is not streamed)")
+    repetition_penalty: float | None = option(None, type=positive_float, help="> 1 discourages repeats, 1 disables")
+    max_new_tokens: int | None = option(None, type=positive_int,
+                                        help=f"default: the generation config's, else {DEFAULT_MAX_NEW_TOKENS}")
+    seed: int | None = option(None, type=int, help="seed for sampling, for reproducible output")
+    stream: bool = option(True, flags=("--no-stream",), help="print the text once it is complete")
+
+
+@dataclass(kw_only=True)
+class GenerateSettings(GenerateOptions):
+    """`tinylm generate`: the decoding options, and what to continue with which model."""
+
+    model: str = option(positional=True, metavar="MODEL", help="TinyLM model folder")
+    prompt: list[str] = option(positional=True, nargs="+", metavar="PROMPT",
+                               help="the prompt (several words are joined by spaces)")
 
 
 def generation_kwargs(options: GenerateOptions, max_new_tokens: int) -> dict:
@@ -55,8 +69,8 @@ def check_prompt_fits(prompt_tokens: int, max_new_tokens: int, config) -> None:
     """Refuse a prompt that, with `max_new_tokens` more, would not fit in learned or sinusoidal positions."""
     if prompt_tokens == 0:
         raise ValueError("The prompt is empty (it encodes to no tokens).")
-    context = config.max_position_embeddings
-    if config.position_embedding_type not in ("learned", "sinusoidal"):
+    context = config.context_limit
+    if context is None:  # relative positions: no hard limit
         return
     if prompt_tokens >= context:
         raise ValueError(f"The prompt is {prompt_tokens} tokens, which fills this model's context of {context} "

@@ -5,32 +5,22 @@ variant. Tied weights are counted once: a tied head shows 0 parameters, like GPT
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .configuration_tinylm import PRESETS, TinyLMConfig
+from .flags import option
+from .model_folder import read_tinylm_config
 from .modeling_tinylm import TinyLMForCausalLM
 
 
-def read_tinylm_config(folder: str | Path) -> TinyLMConfig:
-    """The config of a TinyLM model folder; ValueError naming the problem for anything else."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise FileNotFoundError(f"Model folder not found: {folder}")
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is not a TinyLM model folder: it is a file.")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{folder} is not a TinyLM model folder: it has no config.json.")
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_file} is not valid JSON: {error}") from error
-    if model_type != TinyLMConfig.model_type:
-        hint = " Convert it first with `tinylm convert`." if model_type == "gpt2" else ""
-        raise ValueError(f"{folder} is not a TinyLM model folder (its model_type is {model_type!r}).{hint}")
-    return TinyLMConfig.from_pretrained(str(folder))
+@dataclass
+class InfoSettings:
+    target: str | None = option(None, positional=True, nargs="?", metavar="MODEL_OR_PRESET",
+                                help="model folder or preset name")
+    json: bool = option(False, help="print the summary as JSON")
 
 
 def resolve_config(target: str) -> tuple[TinyLMConfig, str]:
@@ -151,7 +141,7 @@ def describe(target: str, as_json: bool = False) -> str:
     lines += [
         row("token embeddings", p["token_embeddings"]),
         row("position embeddings", p["position_embeddings"],
-            "" if positions.startswith("learned") else f"({info['position_embedding_type']}: no weights)"),
+            "" if p["position_embeddings"] else f"({info['position_embedding_type']}: no weights)"),
         row("per block", p["per_block"]),
         row("attention", p["block_attention"], indent=4),
         row("MLP", p["block_mlp"], indent=4),

@@ -16,13 +16,18 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
+from tinylm_testing import (
+    assert_same_generation,
+    generate_with_logits,
+    run_without_hf_tinylm,
+)
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Model, pipeline
 
 from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
 from hf_tinylm.configuration_tinylm import MIN_TRANSFORMERS_VERSION
 from hf_tinylm.conversion.convert import convert
 from hf_tinylm.conversion.gpt2_mapping import ConversionError
-from tinylm_testing import assert_same_generation, generate_with_logits, run_without_hf_tinylm
+from hf_tinylm.model_folder import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-5  # fp32 logits, converted vs GPT2LMHeadModel
@@ -141,7 +146,7 @@ def test_bin_holding_non_tensor_objects_is_refused_not_unpickled(tmp_path):
     folder = tmp_path / "gpt2"
     source.config.save_pretrained(folder)
     torch.save({**source.state_dict(), "extra": Path("x")}, folder / "pytorch_model.bin")
-    with pytest.raises(ConversionError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="weights_only=True"):
         convert(folder, tmp_path / "tinylm", progress=False)
     assert_no_output(tmp_path / "tinylm")
 
@@ -434,10 +439,10 @@ def test_hub_repo_id_converts_from_the_local_hub_cache_offline_via_the_tinylm_co
 def test_repo_id_missing_from_the_offline_cache_fails_clearly(tmp_path, monkeypatch, capsys):
     from huggingface_hub import constants
 
-    from hf_tinylm.conversion.command import main
+    from hf_tinylm.cli import main
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    argv = ["tiny-org/absent", str(tmp_path / "tinylm"), "--cache-dir", str(tmp_path / "empty-hub")]
+    argv = ["convert", "tiny-org/absent", str(tmp_path / "tinylm"), "--cache-dir", str(tmp_path / "empty-hub")]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("tinylm: error: 'tiny-org/absent' is not a local folder and not (completely) in")
@@ -484,12 +489,12 @@ def break_checkpoint(folder: Path, how: str) -> str:
             "truncated_file"],
 )  # fmt: skip
 def test_bad_source_fails_with_a_clear_error_exit_1_and_no_output(how, tmp_path, capsys):
-    from hf_tinylm.conversion.command import main
+    from hf_tinylm.cli import main
 
     save_gpt2(tmp_path / "gpt2")
     expected = break_checkpoint(tmp_path / "gpt2", how)
     capsys.readouterr()
-    assert main([str(tmp_path / "gpt2"), str(tmp_path / "tinylm"), "--no-progress"]) == 1
+    assert main(["convert", str(tmp_path / "gpt2"), str(tmp_path / "tinylm"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tinylm: error: ") and expected in err, err
     assert_no_output(tmp_path / "tinylm")

@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, GPT2Config
 
 from hf_tinylm import TinyLMForCausalLM
-from hf_tinylm.conversion.command import main
+from hf_tinylm.cli import main
 from hf_tinylm.conversion.convert import convert
 from hf_tinylm.conversion.gpt2_mapping import ConversionError, tinylm_to_gpt2_tensors
 from hf_tinylm.conversion.sources import plan_openai_tf
-from hf_tinylm.tf_checkpoint import TFCheckpointReader
+from hf_tinylm.conversion.tf_checkpoint import TFCheckpointReader
 
 DATA_FILE = "model.ckpt.data-00000-of-00001"
 RELEASE_FILES = ("checkpoint", "hparams.json", "model.ckpt.index", DATA_FILE, "encoder.json", "vocab.bpe")
@@ -59,7 +59,7 @@ def test_truncated_real_124m_data_file_fails_naming_the_first_incomplete_tensor(
         shutil.copy(real / name, release / name)
     (release / DATA_FILE).symlink_to(real / f"{DATA_FILE}.first3MiB")
 
-    assert main([str(release), str(tmp_path / "tinylm"), "--no-progress"]) == 1
+    assert main(["convert", str(release), str(tmp_path / "tinylm"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tinylm: error: tensor 'model/h0/attn/c_attn/w'") and "truncated" in err
     assert not (tmp_path / "tinylm").exists()
@@ -121,7 +121,7 @@ def test_flipped_byte_in_the_data_file_fails_the_checksum_naming_the_tensor(tiny
         file.seek(-1, 1)
         file.write(bytes([byte[0] ^ 0x01]))
 
-    assert main([str(release), str(tmp_path / "tinylm"), "--no-progress"]) == 1
+    assert main(["convert", str(release), str(tmp_path / "tinylm"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "tinylm: error: checksum mismatch for tensor 'model/h1/mlp/c_fc/w'" in err
     assert not (tmp_path / "tinylm").exists()

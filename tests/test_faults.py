@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import TINY_TRAIN_ARGS, make_tiny_model, offline_env
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer
 
 import hf_tinylm
-from cli_helpers import TINY_TRAIN_ARGS, make_tiny_model, offline_env
 from hf_tinylm import TinyLMForCausalLM, TinyLMModel
 from hf_tinylm.cli import main
 from hf_tinylm.conversion import convert as convert_module
-from hf_tinylm.conversion.sources import check_tinylm_checkpoint
-from hf_tinylm.tf_checkpoint import TFCheckpointReader
+from hf_tinylm.conversion.tf_checkpoint import TFCheckpointReader
+from hf_tinylm.model_folder import check_tinylm_checkpoint
 from hf_tinylm.training import train as train_module
 from hf_tinylm.training.train import _resume_checkpoint
 

@@ -70,7 +70,7 @@ def test_resume_from_a_mid_run_checkpoint_matches_an_uninterrupted_run_exactly(s
             "hidden_size=32,num_hidden_layers=2,intermediate_size=64,max_position_embeddings=64,"
             "residual_dropout=0.1,embedding_dropout=0.1",
             "--max-steps", "12", "--save-steps", "6", "--logging-steps", "2", "--eval-steps", "6"]
-    assert main(["train", *args, "-o", str(tmp_path / "full")]) == 0
+    assert main(["train", *args, "-o", str(tmp_path / "full"), "--keep-checkpoints"]) == 0
     (tmp_path / "cut-checkpoints").mkdir()
     shutil.copytree(tmp_path / "full-checkpoints" / "checkpoint-6", tmp_path / "cut-checkpoints" / "checkpoint-6")
     assert main(["train", *args, "-o", str(tmp_path / "cut"), "--resume"]) == 0

@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from .. import TinyLMConfig, TinyLMForCausalLM
 from ..model_card import render_model_card
+from ..model_folder import check_tinylm_checkpoint
 from ..output_folder import atomic_output_folder
 from .gpt2_mapping import (
     REORDER_AND_UPCAST_NOTE,
@@ -36,7 +37,6 @@ from .sources import (
     OPENAI_TF,
     TINYLM,
     GPT2Source,
-    check_tinylm_checkpoint,
     detect_format,
     load_generation_config,
     load_openai_tf,

@@ -13,6 +13,7 @@ from transformers import GPT2Config
 from transformers.activations import ACT2FN
 
 from ..configuration_tinylm import TinyLMConfig
+from ..model_folder import name_list
 
 # Buffers of older GPT-2 code (the causal mask and its fill value): not weights, rebuilt by every implementation.
 LEGACY_BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -215,12 +216,6 @@ def check_gpt2_state_dict(state_dict: Mapping[str, torch.Tensor], gpt2: GPT2Conf
             "`lm_head.weight` differs from `wte.weight`. Set \"tie_word_embeddings\": false in config.json if the "
             "head is meant to be separate."
         )
-
-
-def name_list(names: list[str], limit: int = 10) -> str:
-    """`names` joined by commas, the first `limit` of them only: an error message stays one readable line."""
-    rest = len(names) - limit
-    return ", ".join(names[:limit]) + (f" and {rest} more" if rest > 0 else "")
 
 
 def gpt2_to_tinylm_tensors(

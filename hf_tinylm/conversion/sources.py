@@ -4,33 +4,40 @@ Everything here returns plain tensors, configs and tokenizers; nothing is conver
 incomplete sources raise `ConversionError` (a ValueError) or an OSError naming the file and what is wrong.
 """
 
-import difflib
-import json
-import pickle
-import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCard, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError, IncompleteSnapshotError, LocalEntryNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    IncompleteSnapshotError,
+    LocalEntryNotFoundError,
+)
 from huggingface_hub.utils import validate_repo_id
-from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, GenerationConfig, GPT2Config, GPT2TokenizerFast, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    GPT2Config,
+    GPT2TokenizerFast,
+    PreTrainedTokenizerBase,
+)
 
-from ..configuration_tinylm import TinyLMConfig
-from ..modeling_tinylm import TinyLMForCausalLM
-from ..tf_checkpoint import TensorBundleEntry, TFCheckpointReader, resolve_checkpoint_prefix
+from ..model_folder import load_weights, read_json, unset_fields
 from .gpt2_mapping import (
     ConversionError,
     check_gpt2_state_dict,
-    name_list,
     normalize_gpt2_state_dict,
     openai_tf_name_to_gpt2,
     openai_tf_tensor_to_gpt2,
+)
+from .tf_checkpoint import (
+    TensorBundleEntry,
+    TFCheckpointReader,
+    resolve_checkpoint_prefix,
 )
 
 OPENAI_TF = "openai-tf"
@@ -47,10 +54,6 @@ _HUB_PICKLE_FILES = ["pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.
 # The config fields that fix the tensor shapes; TinyLM's also have defaults, so a folder may leave them out.
 GPT2_SIZE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
 OPENAI_SIZE_FIELDS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
-TINYLM_SIZE_FIELDS = (
-    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-    "intermediate_size", "max_position_embeddings",
-)  # fmt: skip
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 _ENDOFTEXT = "<|endoftext|>"
 
@@ -120,7 +123,7 @@ def detect_format(folder: Path) -> str:
             f"{folder} is not a GPT-2 checkpoint: it has neither a config.json (Transformers) nor hparams.json with "
             "model.ckpt.index (OpenAI's TensorFlow release)."
         )
-    model_type = _read_json(config_path).get("model_type")
+    model_type = read_json(config_path).get("model_type")
     if model_type in (TRANSFORMERS_GPT2, TINYLM):
         return model_type
     raise ConversionError(
@@ -134,7 +137,7 @@ def detect_format(folder: Path) -> str:
 
 def load_transformers_gpt2(folder: Path, repo_id: str | None = None, progress: bool = True) -> GPT2Source:
     """Read a Transformers GPT-2 checkpoint folder (`GPT2LMHeadModel` or `GPT2Model` save, any weight layout)."""
-    values = _read_json(folder / "config.json")
+    values = read_json(folder / "config.json")
     _require_size_fields(values, GPT2_SIZE_FIELDS, folder / "config.json", aliases=GPT2Config.attribute_map)
     config = GPT2Config.from_dict(values)
     state_dict = normalize_gpt2_state_dict(load_weights(folder, progress=progress))
@@ -163,142 +166,13 @@ def load_transformers_gpt2(folder: Path, repo_id: str | None = None, progress: b
     )
 
 
-def load_weights(folder: Path, progress: bool = True) -> dict[str, torch.Tensor]:
-    """All tensors of a Transformers checkpoint: safetensors (single or sharded) first, else `pytorch_model*.bin`
-    loaded with `weights_only=True` (plain pickle, which can run arbitrary code, is never used)."""
-    return _read_checkpoint(folder, lambda path: _load_weight_file(path, progress))
-
-
-def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor of a Transformers checkpoint, by name; safetensors files are read from their
-    headers only, which also finds a truncated or corrupt file."""
-    return _read_checkpoint(folder, _read_shapes)
-
-
-def _read_checkpoint(folder: Path, read_file: Callable[[Path], dict]) -> dict:
-    """`read_file` applied to each weight file of `folder` (its index's shards, or the single file), merged."""
-    for index_name, single_name in (
-        ("model.safetensors.index.json", "model.safetensors"),
-        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
-    ):
-        index_path = folder / index_name
-        if index_path.is_file():
-            weight_map = _read_json(index_path).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise ConversionError(f"{index_path} has no `weight_map`.")
-            merged = {}
-            for file_name in sorted(set(weight_map.values())):
-                if not (folder / file_name).is_file():
-                    raise FileNotFoundError(f"Weight file {folder / file_name} (named by {index_path}) does not exist.")
-                merged.update(read_file(folder / file_name))
-            listed_but_absent = sorted(set(weight_map) - set(merged))
-            if listed_but_absent:
-                raise ConversionError(
-                    f"{index_path} lists tensor(s) its shards do not contain: {name_list(listed_but_absent)}."
-                )
-            return merged
-        if (folder / single_name).is_file():
-            return read_file(folder / single_name)
-    raise ConversionError(
-        f"{folder} has no weights: expected model.safetensors, a sharded model.safetensors.index.json, "
-        "pytorch_model.bin or pytorch_model.bin.index.json."
-    )
-
-
-def _load_weight_file(path: Path, progress: bool) -> dict[str, torch.Tensor]:
-    if path.suffix != ".safetensors":
-        return _load_pickled_weights(path)
-    with _safetensors_errors_named(path), safe_open(path, framework="pt") as file:
-        names = tqdm(file.keys(), desc=f"Reading {path.name}", unit="tensor", disable=not progress)
-        return {name: file.get_tensor(name) for name in names}
-
-
-def _read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    if path.suffix != ".safetensors":
-        return {name: tuple(tensor.shape) for name, tensor in _load_pickled_weights(path).items()}
-    with _safetensors_errors_named(path), safe_open(path, framework="pt") as file:
-        return {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
-
-
-@contextmanager
-def _safetensors_errors_named(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except SafetensorError as error:
-        raise ConversionError(
-            f"Cannot read {path}: {error} (truncated or corrupt safetensors file?). Download or save it again."
-        ) from None
-
-
-def _load_pickled_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A `.bin` state dict, loaded with `weights_only=True` only: a file holding anything but tensors is refused."""
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        raise ConversionError(
-            f"Refusing to load {path}: it holds objects other than tensors"
-            f"{f' (it references `{found.group(1)}`)' if found else ''}, and only `weights_only=True` loading is "
-            "allowed (plain pickle can run arbitrary code). Save the weights as safetensors from a trusted copy."
-        ) from None
-    except (RuntimeError, EOFError, ValueError) as error:
-        raise ConversionError(f"Cannot read {path}: {error} (truncated or corrupt file?)") from None
-    if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
-        raise ConversionError(f"{path} is not a state dict: it should map tensor names to tensors.")
-    return state_dict
-
-
-def check_tinylm_checkpoint(folder: Path, config: TinyLMConfig) -> None:
-    """Refuse a TinyLM folder whose weight files are unreadable, or whose tensors are missing, extra or shaped
-    otherwise than `config` requires, naming the file or the tensor and both shapes. Reads safetensors headers only,
-    so it is cheap to run before loading."""
-    problem = _tinylm_shape_problem(weight_shapes(folder), config)
-    if problem:
-        unset = _unset_fields(_read_json(folder / "config.json"), TINYLM_SIZE_FIELDS)
-        hint = f" Its config.json does not set {', '.join(unset)}, so the default was used." if unset else ""
-        raise ConversionError(f"{folder}: {problem}; the config and the weights do not belong together.{hint}")
-
-
-def _tinylm_shape_problem(found: dict[str, tuple[int, ...]], config: TinyLMConfig) -> str | None:
-    """How the tensor shapes `found` in a checkpoint disagree with a TinyLM built from `config`; None if they agree."""
-    with torch.device("meta"):
-        model = TinyLMForCausalLM(config)
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    if not any(name in expected for name in found):  # a `TinyLMModel` save: names without the `model.` prefix
-        found = {f"{model.base_model_prefix}.{name}": shape for name, shape in found.items()}
-    missing = [name for name in expected if name not in found and name not in model.all_tied_weights_keys]
-    if missing:
-        return f"the weights lack {len(missing)} tensor(s) of this config: {name_list(missing)}"
-    unexpected = sorted(name for name in found if name not in expected)
-    if unexpected:
-        return f"the weights hold {len(unexpected)} tensor(s) this config has no place for: {name_list(unexpected)}"
-    for name, shape in expected.items():
-        if name in found and found[name] != shape:
-            return f"tensor {name!r} has shape {list(found[name])}, but the config requires {list(shape)}"
-    return None
-
-
 def _require_size_fields(
     values: Mapping, fields: tuple[str, ...], path: Path, aliases: Mapping[str, str] | None = None
 ) -> None:
     """Refuse a config file that does not set every one of the size `fields`, naming all the missing ones."""
-    missing = _unset_fields(values, fields, aliases)
+    missing = unset_fields(values, fields, aliases)
     if missing:
         raise ConversionError(f"{path} lacks the size field(s) {', '.join(missing)}, which fix the tensor shapes.")
-
-
-def _unset_fields(values: Mapping, fields: tuple[str, ...], aliases: Mapping[str, str] | None = None) -> list[str]:
-    """Each of `fields` that `values` does not set, under its name or an alias (`aliases` maps alias -> name), with
-    a likely misspelling of it that `values` holds instead."""
-    aliases = aliases or {}
-    present = {aliases.get(key, key) for key in values}
-    others = [key for key in values if aliases.get(key, key) not in fields]
-    unset = []
-    for name in fields:
-        if name not in present:
-            close = difflib.get_close_matches(name, others, n=1, cutoff=0.8)
-            unset.append(f"{name} (misspelled as {close[0]!r}?)" if close else name)
-    return unset
 
 
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase | None:
@@ -334,7 +208,7 @@ def source_license(folder: Path) -> str | None:
 def load_openai_tf(folder: Path, progress: bool = True) -> GPT2Source:
     """Read OpenAI's original TF GPT-2 release folder without TensorFlow, checking every tensor's checksum."""
     hparams_path = folder / "hparams.json"
-    hparams = _read_json(hparams_path)
+    hparams = read_json(hparams_path)
     _require_size_fields(hparams, OPENAI_SIZE_FIELDS, hparams_path)
     tokenizer = openai_tokenizer(folder)
     eot = tokenizer.convert_tokens_to_ids(_ENDOFTEXT) if tokenizer is not None else None
@@ -399,7 +273,7 @@ def openai_tokenizer(folder: Path) -> PreTrainedTokenizerBase | None:
     encoder_path, bpe_path = folder / "encoder.json", folder / "vocab.bpe"
     if not (encoder_path.is_file() and bpe_path.is_file()):
         return None
-    vocab = _read_json(encoder_path)
+    vocab = read_json(encoder_path)
     lines = bpe_path.read_text(encoding="utf-8").splitlines()
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
     if any(len(pair) != 2 for pair in merges):
@@ -413,18 +287,6 @@ def openai_tokenizer(folder: Path) -> PreTrainedTokenizerBase | None:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist.")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConversionError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise ConversionError(f"{path} should hold a JSON object.")
-    return value
 
 
 def _has_safetensors(folder: Path) -> bool:

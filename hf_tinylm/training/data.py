@@ -13,8 +13,9 @@ import datasets
 from datasets import Dataset, concatenate_datasets
 from datasets.exceptions import DatasetGenerationError
 
+from .settings import DEFAULT_PATTERNS
+
 JSON_SUFFIXES = (".json", ".jsonl")
-DEFAULT_PATTERNS = ("*.txt", "*.text", "*.md", "*.rst", "*.json", "*.jsonl")
 
 
 def resolve_data_files(paths: Sequence[str | Path], patterns: Sequence[str] = DEFAULT_PATTERNS) -> list[Path]:

@@ -16,29 +16,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..flags import option, positive_int
+from ..terminal import OutputOptions
+
 # Measured on 2 CPU cores: about 2.5 minutes in all, reload and generation included (see the README).
 DEMO_CONFIG = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
                    max_position_embeddings=256)
 
 
-@dataclass
-class DemoSettings:
-    output: str = "tinylm-demo"
-    text: list[str] | None = None  # default: the standard library's *.py files
-    max_bytes: int = 2_000_000
-    steps: int = 400
+@dataclass(kw_only=True)
+class DemoSettings(OutputOptions):
+    output: str = option("tinylm-demo", flags=("--output", "-o"), metavar="FOLDER", help="the model folder to write")
+    text: list[str] | None = option(None, nargs="+", metavar="PATH",
+                                    help="train on these files/folders instead of the standard library's *.py files")
+    max_bytes: int = option(2_000_000, type=positive_int, help="read at most this much text")
+    steps: int = option(400, type=positive_int, help="training steps")
+    prompt: str = option("def", help="the prompt of the sample")
+    max_new_tokens: int = option(60, type=positive_int, help="length of the sample")
+    seed: int = option(0, type=int, help="seed of training and sampling")
+    overwrite: bool = option(False, help="replace the output folder whatever it holds")
     vocab_size: int = 2048
     block_size: int = 128
     batch_size: int = 16
     learning_rate: float = 2e-3
-    prompt: str = "def"
-    max_new_tokens: int = 60
-    seed: int = 0
-    overwrite: bool = False
-    progress: bool = True
-
-
-DEFAULTS = DemoSettings()
 
 # Runs in a fresh interpreter: only Transformers, so the model class comes from the folder's own code files.
 RELOAD_SCRIPT = """
@@ -91,8 +91,9 @@ def _may_replace(output: Path) -> bool:
 
 
 def run_demo(s: DemoSettings) -> dict:
-    from .data import DEFAULT_PATTERNS, resolve_data_files
-    from .train import TrainSettings, train
+    from .data import resolve_data_files
+    from .settings import DEFAULT_PATTERNS, TrainSettings
+    from .train import train
 
     start = time.time()
     output = Path(s.output)
@@ -107,8 +108,9 @@ def run_demo(s: DemoSettings) -> dict:
         python = sys.version.split()[0]
         description = f"the first {len(files)} top-level modules of the Python {python} standard library"
     n_bytes = sum(p.stat().st_size for p in files)
-    print(f"tinylm demo: training a {DEMO_CONFIG['num_hidden_layers']}-layer TinyLM from scratch on {len(files)} "
-          f"files ({n_bytes / 1e6:.2f} MB), {s.steps} steps", flush=True)
+    if not s.quiet:
+        print(f"tinylm demo: training a {DEMO_CONFIG['num_hidden_layers']}-layer TinyLM from scratch on {len(files)} "
+              f"files ({n_bytes / 1e6:.2f} MB), {s.steps} steps", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="tinylm-demo-run-") as run_dir:
         report = train(TrainSettings(
@@ -118,12 +120,14 @@ def run_demo(s: DemoSettings) -> dict:
             lr_scheduler="cosine", warmup_steps=min(50, s.steps // 10), max_steps=s.steps, weight_decay=0.1,
             validation_split=0.02, logging_steps=max(1, s.steps // 20), eval_steps=max(1, s.steps // 4),
             save_steps=0, checkpoint_dir=Path(run_dir), seed=s.seed, overwrite=overwrite, progress=s.progress,
+            quiet=s.quiet,
         ))
     trained = time.time()
     print(f"\nheld-out perplexity: {report.perplexity_before:.1f} before training -> "
           f"{report.perplexity_after:.1f} after {report.steps} steps "
           f"({report.tokens_seen:,} tokens, {trained - start:.0f} s)", flush=True)
-    print(f"saved the Hub-ready folder {output}; reloading it in a fresh process...", flush=True)
+    if not s.quiet:
+        print(f"saved the Hub-ready folder {output}; reloading it in a fresh process...", flush=True)
 
     sample = reload_and_generate(output, s.prompt, s.max_new_tokens, s.seed)
     print(f"loaded {sample['class']} with trust_remote_code=True")

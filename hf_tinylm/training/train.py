@@ -12,7 +12,7 @@ import math
 import os
 import platform
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import torch
 from huggingface_hub import ModelCardData
 from transformers import (
     AutoModelForCausalLM,
+    PrinterCallback,
+    ProgressCallback,
     Trainer,
     TrainingArguments,
     default_data_collator,
@@ -28,17 +30,18 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..configuration_tinylm import TinyLMConfig
-from ..conversion.sources import check_tinylm_checkpoint, weight_shapes
-from ..info import read_tinylm_config
-from ..modeling_tinylm import TinyLMForCausalLM
 from ..model_card import render_model_card
+from ..model_folder import check_tinylm_checkpoint, read_tinylm_config, weight_shapes
+from ..modeling_tinylm import TinyLMForCausalLM
 from ..output_folder import atomic_output_folder
+from ..terminal import library_output
 from . import data as data_lib
+from .progress import TrainingProgress
+from .settings import TOKENIZER_KINDS, TrainSettings
 from .tokenizer import BYTE_VOCAB_SIZE, byte_level_tokenizer, load_tokenizer, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_CHOICES = ("auto", "bpe", "byte")
 # What an exact resume reads from a Trainer checkpoint: the file reported when absent -> the names that can hold it
 # (the others are the layouts of FSDP and of multi-process RNG states). Trainer writes trainer_state.json last.
 CHECKPOINT_FILES = {
@@ -50,58 +53,6 @@ CHECKPOINT_FILES = {
     "tokenizer_config.json": ("tokenizer_config.json",),
     "trainer_state.json": ("trainer_state.json",),
 }
-
-
-@dataclass
-class TrainSettings:
-    """Everything `tinylm train` needs; the defaults are the command's defaults."""
-
-    output: Path
-    data: list[str] = field(default_factory=list)
-    glob: list[str] = field(default_factory=lambda: list(data_lib.DEFAULT_PATTERNS))
-    dataset: str | None = None
-    dataset_config: str | None = None
-    dataset_split: str = "train"
-    text_column: str = "text"
-    validation_data: list[str] = field(default_factory=list)
-    validation_split: float = 0.05
-    data_description: str | None = None  # for the model card; derived from the sources when None
-    # model: exactly one of `model` (fine-tune a folder), `preset` or `config` (a config.json), default preset tiny
-    model: str | None = None
-    preset: str | None = None
-    config: str | None = None
-    config_overrides: dict[str, Any] = field(default_factory=dict)
-    tokenizer: str = "auto"  # "auto" | "bpe" | "byte" | a tokenizer folder
-    vocab_size: int | None = None
-    block_size: int | None = None
-    # optimisation
-    batch_size: int = 8
-    eval_batch_size: int | None = None
-    gradient_accumulation_steps: int = 1
-    learning_rate: float | None = None  # 5e-4 from scratch, 5e-5 fine-tuning
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    lr_scheduler: str = "linear"
-    max_grad_norm: float = 1.0
-    epochs: float = 1.0
-    max_steps: int = -1
-    seed: int = 42
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    # bookkeeping
-    logging_steps: int = 10
-    eval_steps: int | None = None  # None: evaluate only before and after training
-    save_steps: int = 500  # 0: no checkpoints
-    save_total_limit: int | None = 2
-    checkpoint_dir: Path | None = None
-    resume: str | None = None  # "latest" or a checkpoint folder
-    overwrite: bool = False
-    # distributed (torchrun / accelerate launch)
-    ddp_backend: str | None = None
-    fsdp: str = ""
-    fsdp_config: str | None = None
-    dataloader_workers: int = 0
-    progress: bool = True
 
 
 @dataclass
@@ -145,7 +96,7 @@ def train(settings: TrainSettings) -> TrainReport:
         raise ValueError("No training data: give --data FILE_OR_FOLDER... or --dataset NAME.")
     if not 0 < s.validation_split < 1:
         raise ValueError(f"--validation-split must lie in (0, 1), got {s.validation_split}.")
-    base_config, base_name = _base_config(s)
+    base_config, base_name = _base_config(s.model, s.preset, s.config, s.config_overrides)
     resume_from = _resume_checkpoint(s.resume, checkpoint_dir)
     fine_tuning = s.model is not None
 
@@ -157,7 +108,7 @@ def train(settings: TrainSettings) -> TrainReport:
         raw = data_lib.load_text_dataset(files, s.dataset, s.dataset_config, s.dataset_split, s.text_column)
         vocab_size = s.vocab_size or base_config.vocab_size
         tokenizer, tokenizer_note = _tokenizer(
-            s, raw, checkpoint_dir, fine_tuning, resume_from, args.should_save, vocab_size
+            s.tokenizer, s.model, raw, checkpoint_dir, resume_from, args.should_save, vocab_size, s.show_progress
         )
         block_size = _block_size(s.block_size, base_config)
         blocks = data_lib.tokenize_and_pack(raw, tokenizer, block_size)
@@ -171,7 +122,7 @@ def train(settings: TrainSettings) -> TrainReport:
             train_blocks, validation_blocks = data_lib.split_blocks(blocks, s.validation_split)
 
     set_seed(s.seed)
-    model = _build_model(s, base_config, tokenizer)
+    model = _build_model(s.model, base_config, tokenizer)
     trainer = TinyLMTrainer(
         model=model,
         args=args,
@@ -180,8 +131,12 @@ def train(settings: TrainSettings) -> TrainReport:
         data_collator=default_data_collator,
         processing_class=tokenizer,
     )
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    final = trainer.evaluate()
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(TrainingProgress(bar=s.show_progress, log=not s.quiet))
+    with library_output(progress=False, quiet=s.quiet):  # no saving bars nested in the training bar
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        final = _final_evaluation(trainer)
 
     history = trainer.state.log_history
     report = TrainReport(
@@ -196,7 +151,7 @@ def train(settings: TrainSettings) -> TrainReport:
     facts = dict(
         base=base_name,
         fine_tuned=fine_tuning,
-        data=s.data_description or _describe_sources(s),
+        data=s.data_description or _describe_sources(s.data, s.dataset, s.dataset_config),
         dataset=s.dataset,
         tokenizer=tokenizer_note,
         train_blocks=len(train_blocks),
@@ -208,57 +163,49 @@ def train(settings: TrainSettings) -> TrainReport:
         epochs=trainer.state.epoch or 0.0,
     )
     _save_output(trainer, tokenizer, report, facts, s.overwrite)
+    if not s.keep_checkpoints and trainer.is_world_process_zero():
+        _delete_checkpoints(checkpoint_dir)
     return report
+
+
+def _final_evaluation(trainer: Trainer) -> dict[str, float]:
+    """The held-out metrics after the last step: logged already when an evaluation fell on that step, else measured
+    now (so the final evaluation never runs twice)."""
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry and entry.get("step") == trainer.state.global_step:
+            return entry
+    return trainer.evaluate()
 
 
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def _base_config(s: TrainSettings) -> tuple[TinyLMConfig, str]:
-    chosen = [name for name in ("model", "preset", "config") if getattr(s, name)]
+def _base_config(
+    model: str | None, preset: str | None, config: str | None, overrides: dict[str, Any]
+) -> tuple[TinyLMConfig, str]:
+    """The config to train and how the model card names it: a model folder's, or a preset's or config file's with
+    `overrides` applied the same way to both (`TinyLMConfig.with_overrides`)."""
+    chosen = [flag for flag, value in (("--model", model), ("--preset", preset), ("--config", config)) if value]
     if len(chosen) > 1:
         raise ValueError(f"Give only one of --model, --preset, --config (got {', '.join(chosen)}).")
-    if s.model:
-        if s.config_overrides:
+    if model:
+        if overrides:
             raise ValueError("--config-overrides applies to --preset/--config (a new model), not to --model.")
-        config = read_tinylm_config(s.model)
-        check_tinylm_checkpoint(Path(s.model), config)
-        return config, str(s.model)
-    if s.config:
-        path = Path(s.config)
+        found = read_tinylm_config(model)
+        check_tinylm_checkpoint(Path(model), found)
+        return found, str(model)
+    if config:
+        path = Path(config)
         if not path.is_file():
             raise FileNotFoundError(f"Config file not found: {path}")
-        config = TinyLMConfig.from_json_file(str(path))
-        return _override(config, s.config_overrides), f"config `{path.name}`" + _describe(s.config_overrides)
-    preset = s.preset or "tiny"
-    return TinyLMConfig.from_preset(preset, **s.config_overrides), f"preset `{preset}`" + _describe(s.config_overrides)
+        return TinyLMConfig.from_json_file(str(path)).with_overrides(**overrides), (
+            f"config `{path.name}`" + _describe(overrides))
+    preset = preset or "tiny"
+    return TinyLMConfig.from_preset(preset, **overrides), f"preset `{preset}`" + _describe(overrides)
 
 
 def _describe(overrides: dict[str, Any]) -> str:
     return (" with " + ", ".join(f"{k}={v}" for k, v in overrides.items())) if overrides else ""
-
-
-def _override(config: TinyLMConfig, overrides: dict[str, Any]) -> TinyLMConfig:
-    if not overrides:
-        return config
-    return TinyLMConfig(**{**config.to_dict(), **overrides})
-
-
-def parse_config_overrides(text: str | None) -> dict[str, Any]:
-    """`"hidden_size=64,num_hidden_layers=2,residual_dropout=0.1"` -> dict; values are JSON, else strings."""
-    overrides: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--config-overrides wants key=value pairs separated by commas, got {item!r}.")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value.strip()
-    unknown = sorted(set(overrides) - set(TinyLMConfig().to_dict()))
-    if unknown:
-        raise ValueError(f"Unknown config field(s) in --config-overrides: {', '.join(unknown)}.")
-    return overrides
 
 
 def _resume_checkpoint(resume: str | None, checkpoint_dir: Path) -> Path | None:
@@ -316,6 +263,15 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     return None
 
 
+def _delete_checkpoints(checkpoint_dir: Path) -> None:
+    """After success: the checkpoints and the tokenizer this run saved there, and the folder if nothing else is in
+    it (the final folder holds everything needed)."""
+    for path in [*checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), checkpoint_dir / "tokenizer"]:
+        shutil.rmtree(path, ignore_errors=True)
+    if checkpoint_dir.is_dir() and not any(checkpoint_dir.iterdir()):
+        checkpoint_dir.rmdir()
+
+
 def _clear_old_checkpoints(checkpoint_dir: Path, overwrite: bool) -> None:
     if checkpoint_dir.is_dir() and any(checkpoint_dir.glob("checkpoint-*")):
         if not overwrite:
@@ -326,15 +282,17 @@ def _clear_old_checkpoints(checkpoint_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(checkpoint_dir)
 
 
-def _tokenizer(s, raw, checkpoint_dir: Path, fine_tuning: bool, resume_from, is_main: bool, vocab_size: int):
-    """The tokenizer and a one-line description of it for the model card; a new one gets `vocab_size` tokens
-    (byte-level when that is at most 257)."""
-    if s.tokenizer not in TOKENIZER_CHOICES:
-        return load_tokenizer(s.tokenizer), f"from {s.tokenizer}"
-    if fine_tuning:
-        if not (Path(s.model) / "tokenizer_config.json").is_file():
-            raise ValueError(f"{s.model} has no tokenizer; pass --tokenizer FOLDER.")
-        return load_tokenizer(s.model), "the base model's tokenizer"
+def _tokenizer(kind: str, model: str | None, raw, checkpoint_dir: Path, resume_from, is_main: bool, vocab_size: int,
+               progress: bool):
+    """The tokenizer and a one-line description of it for the model card: `kind` (a folder, or one of
+    `TOKENIZER_KINDS` for a new one of `vocab_size` tokens, byte-level when that is at most 257), or the tokenizer
+    of the `model` folder being fine-tuned."""
+    if kind not in TOKENIZER_KINDS:
+        return load_tokenizer(kind), f"from {kind}"
+    if model:
+        if not (Path(model) / "tokenizer_config.json").is_file():
+            raise ValueError(f"{model} has no tokenizer; pass --tokenizer FOLDER.")
+        return load_tokenizer(model), "the base model's tokenizer"
     # From scratch: the main process builds the tokenizer and saves it in the checkpoint folder, where the other
     # processes read it, so all of them use exactly the same vocabulary; a resumed run reads the checkpoint's copy.
     saved = checkpoint_dir / "tokenizer"
@@ -343,13 +301,12 @@ def _tokenizer(s, raw, checkpoint_dir: Path, fine_tuning: bool, resume_from, is_
     elif not is_main:
         tokenizer = load_tokenizer(saved)
     else:
-        kind = s.tokenizer
         if kind == "auto":
             kind = "byte" if vocab_size <= BYTE_VOCAB_SIZE else "bpe"
         if kind == "byte":
             tokenizer = byte_level_tokenizer()
         else:
-            tokenizer = train_bpe_tokenizer(data_lib.iter_texts(raw), vocab_size, show_progress=s.progress)
+            tokenizer = train_bpe_tokenizer(data_lib.iter_texts(raw), vocab_size, show_progress=progress)
         tokenizer.save_pretrained(str(saved))
     if len(tokenizer) == BYTE_VOCAB_SIZE:
         return tokenizer, "byte-level (256 bytes + `<|endoftext|>`)"
@@ -357,21 +314,21 @@ def _tokenizer(s, raw, checkpoint_dir: Path, fine_tuning: bool, resume_from, is_
 
 
 def _block_size(requested: int | None, config: TinyLMConfig) -> int:
-    context = config.max_position_embeddings
-    block_size = requested or min(1024, context)
+    block_size = requested or min(1024, config.max_position_embeddings)
     if block_size <= 0:
         raise ValueError(f"--block-size must be positive, got {block_size}.")
-    if block_size > context and config.position_embedding_type in ("learned", "sinusoidal"):
-        raise ValueError(f"--block-size {block_size} exceeds the model's context of {context} positions.")
+    if config.context_limit is not None and block_size > config.context_limit:
+        raise ValueError(f"--block-size {block_size} exceeds the model's context of {config.context_limit} positions.")
     return block_size
 
 
-def _build_model(s: TrainSettings, config: TinyLMConfig, tokenizer):
-    """The model to train, with the tokenizer's special tokens (pad = EOS, as in GPT-2) in its configs."""
+def _build_model(model_folder: str | None, config: TinyLMConfig, tokenizer):
+    """The model to train (the folder's to fine-tune, else a new one of `config`), with the tokenizer's special
+    tokens (pad = EOS, as in GPT-2) in its configs."""
     special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                    pad_token_id=tokenizer.pad_token_id)
-    if s.model:
-        model = AutoModelForCausalLM.from_pretrained(s.model, dtype=torch.float32)
+    if model_folder:
+        model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32)
         if len(tokenizer) > model.config.vocab_size:
             model.resize_token_embeddings(len(tokenizer))
     else:
@@ -423,16 +380,16 @@ def _training_arguments(s: TrainSettings, checkpoint_dir: Path, fine_tuning: boo
         fsdp=s.fsdp,
         fsdp_config=s.fsdp_config,
         dataloader_num_workers=s.dataloader_workers,
-        disable_tqdm=not s.progress,
+        disable_tqdm=not s.show_progress,
         dataloader_pin_memory=torch.cuda.is_available(),
         report_to="none",
     )
 
 
-def _describe_sources(s: TrainSettings) -> str:
-    parts = [f"`{p}`" for p in s.data]
-    if s.dataset:
-        parts.append(f"the `{s.dataset}` dataset" + (f" ({s.dataset_config})" if s.dataset_config else ""))
+def _describe_sources(data: list[str], dataset: str | None, dataset_config: str | None) -> str:
+    parts = [f"`{path}`" for path in data]
+    if dataset:
+        parts.append(f"the `{dataset}` dataset" + (f" ({dataset_config})" if dataset_config else ""))
     return ", ".join(parts)
 
 

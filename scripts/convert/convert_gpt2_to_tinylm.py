@@ -6,7 +6,7 @@ Same as `tinylm convert SOURCE OUTPUT`; see `--help`.
 
 import sys
 
-from hf_tinylm.conversion.command import main
+from hf_tinylm.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(to="tinylm", prog="convert_gpt2_to_tinylm.py"))
+    sys.exit(main(["convert", *sys.argv[1:], "--to", "tinylm"]))

@@ -6,7 +6,7 @@ Same as `tinylm convert models/124M OUTPUT`; see `--help`.
 
 import sys
 
-from hf_tinylm.conversion.command import main
+from hf_tinylm.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(to="tinylm", prog="convert_openai_tf_to_tinylm.py"))
+    sys.exit(main(["convert", *sys.argv[1:], "--to", "tinylm"]))

@@ -6,7 +6,7 @@ Same as `tinylm convert SOURCE OUTPUT --to gpt2`; see `--help`.
 
 import sys
 
-from hf_tinylm.conversion.command import main
+from hf_tinylm.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(to="gpt2", prog="convert_tinylm_to_gpt2.py"))
+    sys.exit(main(["convert", *sys.argv[1:], "--to", "gpt2"]))
