@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conversion_testing import assert_no_output, assert_same_weights, max_logits_diff, randomise_wide
+from conversion_testing import tokens as random_tokens
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from tinylm_testing import (
@@ -25,8 +27,8 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Model, 
 
 from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
 from hf_tinylm.configuration_tinylm import MIN_TRANSFORMERS_VERSION
+from hf_tinylm.conversion.base import ConversionError
 from hf_tinylm.conversion.convert import convert
-from hf_tinylm.conversion.gpt2_mapping import ConversionError
 from hf_tinylm.model_folder import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,14 +48,7 @@ VARIANTS = {
 def random_gpt2(model_class=GPT2LMHeadModel, seed: int = 0, **overrides):
     """A GPT-2 with wide random weights (see the module docstring), in eval mode."""
     torch.manual_seed(seed)
-    model = model_class(GPT2Config(**{**TINY, **overrides})).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "ln_" in name and name.endswith("weight"):
-                param.copy_(1 + 0.1 * torch.randn_like(param))
-            else:
-                param.normal_(0, 0.3)
-    return model
+    return randomise_wide(model_class(GPT2Config(**{**TINY, **overrides})), seed)
 
 
 def save_gpt2(folder: Path, **overrides) -> GPT2LMHeadModel:
@@ -63,17 +58,7 @@ def save_gpt2(folder: Path, **overrides) -> GPT2LMHeadModel:
 
 
 def tokens(vocab_size: int = TINY["vocab_size"], shape=(3, 20), seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, vocab_size, shape, generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def max_logits_diff(a, b, input_ids) -> float:
-    return (a(input_ids).logits - b(input_ids).logits).abs().max().item()
-
-
-def assert_no_output(output: Path) -> None:
-    assert not output.exists()
-    assert not list(output.parent.glob(f".{output.name}.partial-*")), "a temporary folder was left behind"
+    return random_tokens(vocab_size, shape, seed)
 
 
 # ----------------------------------------------------------------------------------------------- parity
@@ -219,16 +204,16 @@ def test_output_folder_is_hub_ready_with_card_metadata_and_measured_parity(tmp_p
 
 
 def test_conversion_whose_logits_disagree_with_the_source_is_refused_and_not_saved(tmp_path, monkeypatch):
-    import hf_tinylm.conversion.convert as convert_module
+    import hf_tinylm.conversion.formats.gpt2 as gpt2_format
 
-    mapping = convert_module.gpt2_to_tinylm_tensors
+    mapping = gpt2_format.gpt2_to_tinylm_tensors
 
     def off_by_a_little(state_dict, config):
         for name, tensor in mapping(state_dict, config):
             yield name, tensor + 1e-2 if name == "model.norm.bias" else tensor
 
     save_gpt2(tmp_path / "gpt2")
-    monkeypatch.setattr(convert_module, "gpt2_to_tinylm_tensors", off_by_a_little)
+    monkeypatch.setattr(gpt2_format, "gpt2_to_tinylm_tensors", off_by_a_little)
     with pytest.raises(ConversionError, match="Parity check failed"):
         convert(tmp_path / "gpt2", tmp_path / "tinylm", progress=False)
     assert_no_output(tmp_path / "tinylm")
@@ -270,10 +255,7 @@ def test_gpt2_to_tinylm_to_gpt2_is_bit_exact(overrides, tmp_path):
     convert(tmp_path / "gpt2", tmp_path / "tinylm", progress=False)
     result = convert(tmp_path / "tinylm", tmp_path / "back", to="gpt2", progress=False)
 
-    original = load_file(tmp_path / "gpt2" / "model.safetensors")
-    back = load_file(tmp_path / "back" / "model.safetensors")
-    assert back.keys() == original.keys()
-    assert all(torch.equal(back[name], original[name]) for name in original)
+    assert_same_weights(tmp_path / "gpt2", tmp_path / "back")
     exported = GPT2LMHeadModel.from_pretrained(tmp_path / "back")
     assert exported.config.to_diff_dict() == source.config.to_diff_dict()
     input_ids = tokens()
@@ -289,9 +271,7 @@ def test_half_precision_round_trip_is_bit_exact_by_default(tmp_path):
     random_gpt2().half().save_pretrained(tmp_path / "gpt2")
     convert(tmp_path / "gpt2", tmp_path / "tinylm", progress=False)
     convert(tmp_path / "tinylm", tmp_path / "back", to="gpt2", progress=False)
-    original = load_file(tmp_path / "gpt2" / "model.safetensors")
-    back = load_file(tmp_path / "back" / "model.safetensors")
-    assert all(back[name].dtype == torch.float16 and torch.equal(back[name], original[name]) for name in original)
+    assert_same_weights(tmp_path / "gpt2", tmp_path / "back", torch.float16)
 
 
 def test_tinylm_that_gpt2_cannot_represent_is_refused_naming_the_differences(tmp_path):
@@ -460,11 +440,11 @@ def break_checkpoint(folder: Path, how: str) -> str:
         shutil.rmtree(folder)
         folder.mkdir()
         (folder / "notes.txt").write_text("hello")
-        return "is not a GPT-2 checkpoint"
+        return "is not a checkpoint this converter reads"
     if how == "other_model_type":
         config = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
-        return "model_type='llama'"
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+        return "model_type='bert'"
     if how in ("missing_tensor", "misshaped_tensor"):
         tensors = load_file(weights)
         if how == "missing_tensor":

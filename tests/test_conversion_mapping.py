@@ -5,18 +5,17 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_tinylm import TinyLMConfig
-from hf_tinylm.conversion.gpt2_mapping import (
-    ConversionError,
+from hf_tinylm.conversion.base import ConversionError
+from hf_tinylm.conversion.formats.gpt2 import (
     check_gpt2_state_dict,
     gpt2_config_from_tinylm,
     gpt2_expected_shapes,
     gpt2_to_tinylm_tensors,
     normalize_gpt2_state_dict,
-    openai_tf_name_to_gpt2,
-    openai_tf_tensor_to_gpt2,
     tinylm_config_from_gpt2,
     tinylm_to_gpt2_tensors,
 )
+from hf_tinylm.conversion.formats.openai_tf import openai_tf_name_to_gpt2, openai_tf_tensor_to_gpt2
 
 SMALL = dict(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
 

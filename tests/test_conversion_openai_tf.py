@@ -16,9 +16,10 @@ from transformers import AutoTokenizer, GPT2Config
 
 from hf_tinylm import TinyLMForCausalLM
 from hf_tinylm.cli import main
+from hf_tinylm.conversion.base import ConversionError
 from hf_tinylm.conversion.convert import convert
-from hf_tinylm.conversion.gpt2_mapping import ConversionError, tinylm_to_gpt2_tensors
-from hf_tinylm.conversion.sources import plan_openai_tf
+from hf_tinylm.conversion.formats.gpt2 import tinylm_to_gpt2_tensors
+from hf_tinylm.conversion.formats.openai_tf import plan_openai_tf
 from hf_tinylm.conversion.tf_checkpoint import TFCheckpointReader
 
 DATA_FILE = "model.ckpt.data-00000-of-00001"

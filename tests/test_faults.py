@@ -24,6 +24,7 @@ import hf_tinylm
 from hf_tinylm import TinyLMForCausalLM, TinyLMModel
 from hf_tinylm.cli import main
 from hf_tinylm.conversion import convert as convert_module
+from hf_tinylm.conversion.formats import gpt2 as gpt2_format
 from hf_tinylm.conversion.tf_checkpoint import TFCheckpointReader
 from hf_tinylm.model_folder import check_tinylm_checkpoint
 from hf_tinylm.training import train as train_module
@@ -323,8 +324,8 @@ def test_tf_checkpoint_with_a_bad_checksum_fails_in_one_line_and_keeps_the_old_o
 
 
 CONVERT_STEPS = {
-    "reading": (convert_module, "load_transformers_gpt2"),
-    "mapping": (convert_module, "gpt2_to_tinylm_tensors"),
+    "reading": (gpt2_format.GPT2Format, "read"),
+    "mapping": (gpt2_format, "gpt2_to_tinylm_tensors"),
     "saving_weights": (TinyLMForCausalLM, "save_pretrained"),
     "parity_check": (convert_module, "_check_parity"),
     "model_card": (convert_module, "render_model_card"),

@@ -1,29 +1,29 @@
-"""`tinylm convert`: GPT-2 checkpoints (Transformers or OpenAI's TensorFlow release) to TinyLM, and back."""
+"""`tinylm convert`: any registered checkpoint format to TinyLM, and TinyLM to any writable one."""
 
 import dataclasses
 
-from ..conversion.convert import DEFAULT_MAX_SHARD_SIZE, DTYPES
+from ..conversion.convert import DEFAULT_MAX_SHARD_SIZE, DEFAULT_TARGET, DTYPES
+from ..conversion.formats import FORMATS, writable_formats
 from ..flags import option
 from ..terminal import OutputOptions
 
-HELP = "convert GPT-2 (Transformers or OpenAI TF) to TinyLM, or TinyLM back to GPT-2"
+HELP = "convert GPT-2, OpenAI TF, nanoGPT and Llama checkpoints to TinyLM, or TinyLM to GPT-2, Llama or GGUF"
 DESCRIPTION = (
-    "Convert a GPT-2 checkpoint to a Hub-ready TinyLM folder, or (--to gpt2) a TinyLM checkpoint back to a standard "
-    "Transformers GPT-2 folder. SOURCE is a folder or a Hugging Face Hub repo id (e.g. openai-community/gpt2; with "
-    "HF_HUB_OFFLINE=1 it is read from the local Hub cache); its format is detected: a Transformers GPT-2 checkpoint "
-    "(safetensors or pytorch_model.bin, sharded or not), OpenAI's original TensorFlow release folder (hparams.json, "
-    "model.ckpt.*, encoder.json, vocab.bpe; TensorFlow not needed), or a TinyLM checkpoint (for --to gpt2). OUTPUT "
-    "gets the weights, config, generation config, tokenizer and a README.md model card with the logits parity "
-    "measured during the conversion; it is written to a temporary folder and moved into place only when complete."
+    "Convert a checkpoint to a Hub-ready TinyLM folder, or (--to FORMAT) to another format, checking the logits of "
+    "what was written against the source's own model. SOURCE is a path or a Hugging Face Hub repo id (e.g. "
+    "openai-community/gpt2; with HF_HUB_OFFLINE=1 it is read from the local Hub cache); its format is detected: "
+    + "; ".join(format.signature for format in FORMATS.values() if format.signature)
+    + ". A folder OUTPUT gets the weights, config, generation config, tokenizer and a README.md model card with the "
+    "measured parity; --to gguf writes one file. Output is written aside and moved into place only when complete."
 )
 
 
 @dataclasses.dataclass(kw_only=True)
 class ConvertSettings(OutputOptions):
-    source: str = option(positional=True, metavar="SOURCE", help="checkpoint folder or Hub repo id")
-    output: str = option(positional=True, metavar="OUTPUT", help="folder to create")
-    to: str = option("tinylm", choices=("tinylm", "gpt2"),
-                     help="target format (gpt2 exports a TinyLM checkpoint to Transformers GPT-2)")
+    source: str = option(positional=True, metavar="SOURCE", help="checkpoint folder or file, or Hub repo id")
+    output: str = option(positional=True, metavar="OUTPUT", help="folder (or, for --to gguf, file) to create")
+    to: str = option(DEFAULT_TARGET, choices=writable_formats(),
+                     help="target format (anything but tinylm exports a TinyLM checkpoint)")
     dtype: str | None = option(None, choices=tuple(DTYPES), help="dtype of the saved weights (default: the source's)")
     overwrite: bool = option(False, help="replace OUTPUT if it exists")
     max_shard_size: str = option(DEFAULT_MAX_SHARD_SIZE,

@@ -1,13 +1,16 @@
-"""Convert GPT-2 checkpoints to TinyLM folders and back, measuring logits parity on the way.
+"""The one conversion pipeline, for every format and direction (formats are in `formats/`, see `base.Format`).
 
-Each conversion: read the source, map the tensors (with a progress bar), build the target model, save it with its
-tokenizer, generation config and model card into a temporary folder, reload the *saved* model and compare its
-logits with the source model's on a fixed token batch, and only then move the folder into place. So the parity
-figure in the card describes the files actually written, and a failure at any step leaves no output behind.
+Each conversion: read the source in its format (a TinyLM config, TinyLM-named tensors, tokenizer, generation
+settings), refuse what the target cannot express, map the tensors (with a progress bar), write the target into a
+temporary place, reload what was *written* with the target's own reader and compare its logits with the source's
+reference model on a fixed token batch, write the model card, and only then move the output into place. So the
+parity figure in the card describes the files actually written, and a failure at any step leaves no output behind.
 """
 
 import dataclasses
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,38 +21,19 @@ import torch
 import transformers
 from huggingface_hub import ModelCardData
 from tqdm.auto import tqdm
-from transformers import GPT2LMHeadModel, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from .. import TinyLMConfig, TinyLMForCausalLM
 from ..model_card import render_model_card
-from ..model_folder import check_tinylm_checkpoint
 from ..output_folder import atomic_output_folder
-from .gpt2_mapping import (
-    REORDER_AND_UPCAST_NOTE,
-    ConversionError,
-    gpt2_config_from_tinylm,
-    gpt2_to_tinylm_tensors,
-    tinylm_config_from_gpt2,
-    tinylm_to_gpt2_tensors,
-)
-from .sources import (
-    OPENAI_TF,
-    TINYLM,
-    GPT2Source,
-    detect_format,
-    load_generation_config,
-    load_openai_tf,
-    load_tokenizer,
-    load_transformers_gpt2,
-    resolve_source,
-    source_license,
-)
+from .base import Checkpoint, ConversionError, Format, refuse_unless_expressible
+from .formats import detect_format, get_format, writable_formats
+from .sources import resolve_source
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_MAX_SHARD_SIZE = "5GB"
+DEFAULT_TARGET = "tinylm"
 # The fixed batch every conversion is checked on: PARITY_BATCH rows of up to PARITY_LENGTH seeded token ids.
 PARITY_BATCH, PARITY_LENGTH, PARITY_SEED = 2, 32, 0
 # An fp32 conversion whose logits move by more than this fraction of their range is wrong, not rounding.
@@ -61,11 +45,11 @@ class ConversionResult:
     """What a conversion wrote, for the CLI summary and for tests."""
 
     output: Path
-    source_format: str  # "gpt2", "openai-tf" or "tinylm"
-    target: str  # "tinylm" or "gpt2"
+    source_format: str  # the registered name of the source's format, e.g. "gpt2", "openai-tf", "tinylm"
+    target: str  # the registered name of the written format
     dtype: str
     num_parameters: int
-    max_abs_logits_diff: float  # saved model (in `dtype`) vs the source model in float32, on `parity_batch`
+    max_abs_logits_diff: float  # the written model (in `dtype`) vs the source's reference in float32
     notes: tuple[str, ...] = ()
 
 
@@ -73,7 +57,7 @@ def convert(
     source: str | Path,
     output: str | Path,
     *,
-    to: str = "tinylm",
+    to: str = DEFAULT_TARGET,
     dtype: str | None = None,
     overwrite: bool = False,
     revision: str | None = None,
@@ -83,166 +67,106 @@ def convert(
     license: str | None = None,
     progress: bool = True,
 ) -> ConversionResult:
-    """Convert `source` (a folder or Hub repo id; its format detected) to a `to` ("tinylm" or "gpt2") folder.
+    """Convert `source` (a path or Hub repo id; its format detected) to format `to` at `output`.
 
-    `dtype` ("float32", "float16", "bfloat16") defaults to the source's. `base_model` and `license` go into the
-    card's metadata (defaults: the Hub repo id of the source, and the source card's license; OpenAI's release is
-    MIT-licensed). An existing `output` is refused unless `overwrite`.
+    `to` is a registered writable format (`writable_formats()`). `dtype` ("float32", "float16", "bfloat16")
+    defaults to the source's. `base_model` and `license` go into the card's metadata (defaults: the Hub repo id of
+    the source, and the source's license). An existing `output` is refused unless `overwrite`.
     """
-    if to not in ("tinylm", "gpt2"):
-        raise ValueError(f"Unknown target {to!r}: use 'tinylm' or 'gpt2'.")
+    target = get_format(to)
+    if not target.writable:
+        raise ValueError(f"{target.label} checkpoints cannot be written: use one of {', '.join(writable_formats())}.")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
-    with _transformers_progress_bars(progress), atomic_output_folder(output, overwrite=overwrite) as staging:
-        folder, repo_id = resolve_source(str(source), revision=revision, cache_dir=cache_dir)
-        target = Path(output).resolve()
-        if target == folder.resolve() or target in folder.resolve().parents:
+    with _transformers_progress_bars(progress), _staged_output(Path(output), target, overwrite) as staging:
+        path, repo_id = resolve_source(str(source), revision=revision, cache_dir=cache_dir)
+        destination = Path(output).resolve()
+        if destination == path.resolve() or destination in path.resolve().parents:
             raise ConversionError(
-                f"OUTPUT {output} would replace the source it is converted from; choose another folder."
+                f"OUTPUT {output} would replace the source it is converted from; choose another path."
             )
-        source_format = detect_format(folder)
-        if to == "gpt2":
-            if source_format != TINYLM:
-                raise ConversionError(
-                    f"--to gpt2 exports a TinyLM checkpoint, but {source} is a {source_format} checkpoint; "
-                    "to convert it to TinyLM, leave --to at its default (tinylm)."
-                )
-            result = _tinylm_to_gpt2(folder, repo_id, staging, dtype, max_shard_size, base_model, license, progress)
-        else:
-            if source_format == TINYLM:
-                raise ConversionError(f"{source} is already a TinyLM checkpoint; use --to gpt2 to export it to GPT-2.")
-            if source_format == OPENAI_TF:
-                gpt2 = load_openai_tf(folder, progress=progress)
-                license = license or "mit"  # OpenAI's gpt-2 repository: modified MIT license
-            else:
-                gpt2 = load_transformers_gpt2(folder, repo_id=repo_id, progress=progress)
-            result = _gpt2_to_tinylm(gpt2, staging, dtype, max_shard_size, base_model, license, progress)
+        source_format = detect_format(path)
+        _refuse_same_format(source, source_format, target)
+        checkpoint = source_format.read(path, repo_id, progress)
+        refuse_unless_expressible(target, checkpoint.config)
+        result = _write(checkpoint, target, staging, dtype, max_shard_size, base_model, license, progress)
     final = dataclasses.replace(result, output=Path(output))
     logger.info("Wrote %s: max |Δlogits| = %.3g", final.output, final.max_abs_logits_diff)
     return final
 
 
-# ----------------------------------------------------------------------------------------------- GPT-2 -> TinyLM
-
-
-def _gpt2_to_tinylm(
-    gpt2: GPT2Source, staging: Path, dtype, max_shard_size, base_model, license, progress
-) -> ConversionResult:
-    config = tinylm_config_from_gpt2(gpt2.config)
-    notes = list(gpt2.notes)
-    if getattr(gpt2.config, "reorder_and_upcast_attn", False):
-        notes.append(REORDER_AND_UPCAST_NOTE)
-    dtype = dtype or _dtype_name(gpt2.state_dict["wte.weight"].dtype)
-    batch = parity_batch(config.vocab_size, config.max_position_embeddings)
-
-    reference_weights = {
-        name if name == "lm_head.weight" else f"transformer.{name}": tensor.float()
-        for name, tensor in gpt2.state_dict.items()
-    }
-    reference = _build(GPT2LMHeadModel, gpt2.config, reference_weights)
-    reference_logits = _logits(reference, batch)
-    del reference, reference_weights
-
-    tensors = gpt2_to_tinylm_tensors(gpt2.state_dict, gpt2.config)
-    total = len(gpt2.state_dict) - ("lm_head.weight" in gpt2.state_dict and config.tie_word_embeddings)
-    state_dict = dict(tqdm(tensors, total=total, desc="Converting tensors", unit="tensor", disable=not progress))
-    model = _build(TinyLMForCausalLM, config, state_dict).to(DTYPES[dtype])
-    if gpt2.generation_config is not None:
-        model.generation_config = gpt2.generation_config
-    num_parameters = model.num_parameters()
-    model.save_pretrained(staging, max_shard_size=max_shard_size)
-    del model, state_dict
-    if gpt2.tokenizer is not None:
-        gpt2.tokenizer.save_pretrained(staging)
-
-    reloaded = TinyLMForCausalLM.from_pretrained(staging, dtype=DTYPES[dtype])
-    diff = _check_parity(reference_logits, _logits(reloaded, batch), dtype)
-    del reloaded
-
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        base_model=base_model or gpt2.repo_id,
-        license=license or gpt2.license,
-        tags=["tinylm", "gpt2", "converted", "custom_code"],
+def _refuse_same_format(source: str | Path, source_format: Format, target: Format) -> None:
+    if source_format is not target:
+        return
+    if target.name == DEFAULT_TARGET:
+        exports = ", ".join(name for name in writable_formats() if name != DEFAULT_TARGET)
+        raise ConversionError(f"{source} is already a {target.label} checkpoint; use --to {exports} to export it.")
+    raise ConversionError(
+        f"{source} is already a {target.label} checkpoint; to convert it to TinyLM, leave --to at its default "
+        f"({DEFAULT_TARGET})."
     )
-    render_model_card(
-        "gpt2_to_tinylm",
-        card_data,
-        source_name=gpt2.name,
-        source=gpt2.description,
-        source_format="OpenAI TensorFlow" if gpt2.kind == OPENAI_TF else "Transformers GPT-2",
-        config=config,
-        gpt2_config=gpt2.config,
-        num_parameters=f"{num_parameters:,}",
-        num_parameters_short=_short_count(num_parameters),
-        dtype=dtype,
-        parity=_parity_fields(diff, batch, dtype, "Transformers' `GPT2LMHeadModel` holding the source weights"),
-        has_tokenizer=gpt2.tokenizer is not None,
-        notes=notes,
-        versions=_versions(),
-    ).save(staging / "README.md")
-    return ConversionResult(staging, gpt2.kind, "tinylm", dtype, num_parameters, diff, tuple(notes))
 
 
-# ----------------------------------------------------------------------------------------------- TinyLM -> GPT-2
-
-
-def _tinylm_to_gpt2(
-    folder: Path, repo_id, staging: Path, dtype, max_shard_size, base_model, license, progress
+def _write(
+    checkpoint: Checkpoint, target: Format, staging: Path, dtype, max_shard_size, base_model, license, progress
 ) -> ConversionResult:
-    config = TinyLMConfig.from_pretrained(folder)
-    gpt2_config = gpt2_config_from_tinylm(config)  # refuses what GPT-2 cannot represent, before loading weights
-    check_tinylm_checkpoint(folder, config)
-    source = TinyLMForCausalLM.from_pretrained(folder, dtype="auto")
-    dtype = dtype or _dtype_name(source.model.embed_tokens.weight.dtype)
+    """Map, write, reload and check one read checkpoint; then write its card (folders only)."""
+    config = checkpoint.config
+    dtype = dtype or _dtype_name(checkpoint.dtype)
     batch = parity_batch(config.vocab_size, config.max_position_embeddings)
-    source_state = source.state_dict()
-    reference_logits = _logits(source.float(), batch)
-    del source
+    reference_logits = checkpoint.reference()(batch)[..., : config.vocab_size]
 
-    tensors = tinylm_to_gpt2_tensors(source_state, config)
-    total = len(source_state) - config.tie_word_embeddings  # the tied head is not a separate GPT-2 tensor
-    state_dict = dict(tqdm(tensors, total=total, desc="Converting tensors", unit="tensor", disable=not progress))
-    model = _build(GPT2LMHeadModel, gpt2_config, state_dict).to(DTYPES[dtype])
-    generation_config = load_generation_config(folder)
-    if generation_config is not None:
-        model.generation_config = generation_config
-    num_parameters = model.num_parameters()
-    model.save_pretrained(staging, max_shard_size=max_shard_size)
-    del model, state_dict, source_state
-    tokenizer = load_tokenizer(folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(staging)
+    tensors = tqdm(checkpoint.tensors(), total=checkpoint.num_tensors, desc="Converting tensors", unit="tensor",
+                   disable=not progress)  # fmt: skip
+    state_dict = {name: tensor.to(DTYPES[dtype]) for name, tensor in tensors}
+    num_parameters = target.write(checkpoint, state_dict, staging, dtype, max_shard_size)
+    del state_dict
+    diff = _check_parity(reference_logits, target.reload(staging, dtype)(batch), dtype)
 
-    reloaded = GPT2LMHeadModel.from_pretrained(staging, dtype=DTYPES[dtype])
-    diff = _check_parity(reference_logits, _logits(reloaded, batch), dtype)
-    del reloaded
-
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        base_model=base_model or repo_id,
-        license=license or source_license(folder),
-        tags=["gpt2", "tinylm", "converted"],
-    )
-    render_model_card(
-        "tinylm_to_gpt2",
-        card_data,
-        source_name=repo_id or folder.name,
-        source=f"the TinyLM checkpoint `{repo_id or folder.name}`",
-        gpt2_config=gpt2_config,
-        num_parameters=f"{num_parameters:,}",
-        num_parameters_short=_short_count(num_parameters),
-        dtype=dtype,
-        parity=_parity_fields(diff, batch, dtype, "the source TinyLM model"),
-        has_tokenizer=tokenizer is not None,
-        versions=_versions(),
-    ).save(staging / "README.md")
-    return ConversionResult(staging, TINYLM, "gpt2", dtype, num_parameters, diff)
+    if not target.output_is_file:
+        card_data = ModelCardData(
+            library_name="transformers",
+            pipeline_tag="text-generation",
+            base_model=base_model or checkpoint.repo_id,
+            license=license or checkpoint.license,
+            tags=list(dict.fromkeys([*target.card_tags, checkpoint.format, "converted"])),
+        )
+        render_model_card(
+            target.card_template,
+            card_data,
+            source_name=checkpoint.name,
+            source=checkpoint.description,
+            source_format=get_format(checkpoint.format).label,
+            config=config,
+            num_parameters=f"{num_parameters:,}",
+            num_parameters_short=_short_count(num_parameters),
+            dtype=dtype,
+            parity=_parity_fields(diff, batch, dtype, checkpoint.reference_name),
+            has_tokenizer=checkpoint.tokenizer is not None,
+            notes=checkpoint.notes,
+            versions=_versions(),
+            **target.card_fields(checkpoint, staging),
+        ).save(staging / "README.md")
+    return ConversionResult(staging, checkpoint.format, target.name, dtype, num_parameters, diff,
+                            tuple(checkpoint.notes))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def _staged_output(output: Path, target: Format, overwrite: bool) -> Iterator[Path]:
+    """Where `target` writes: a temporary folder (or a file in one) that replaces `output` only on success."""
+    if not target.output_is_file:
+        with atomic_output_folder(output, overwrite=overwrite) as staging:
+            yield staging
+        return
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"Output file {output} already exists; pass --overwrite to replace it.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.partial-", dir=output.parent) as staging:
+        yield Path(staging) / output.name
+        os.replace(Path(staging) / output.name, output)
 
 
 @contextmanager
@@ -260,26 +184,6 @@ def parity_batch(vocab_size: int, max_positions: int) -> torch.Tensor:
     """The fixed (PARITY_BATCH, <= PARITY_LENGTH) batch of seeded token ids every conversion is checked on."""
     generator = torch.Generator().manual_seed(PARITY_SEED)
     return torch.randint(0, vocab_size, (PARITY_BATCH, min(PARITY_LENGTH, max_positions)), generator=generator)
-
-
-def _build(model_class: type[PreTrainedModel], config, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
-    """`model_class(config)` holding exactly `state_dict` (no random initialisation; tied head re-tied), in eval."""
-    with torch.device("meta"):
-        model = model_class(config)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
-    tied = set(model.all_tied_weights_keys)
-    if unexpected or set(missing) - tied:
-        raise ConversionError(
-            f"Internal mapping error building {model_class.__name__}: missing {sorted(set(missing) - tied)}, "
-            f"unexpected {sorted(unexpected)}."
-        )
-    model.tie_weights()
-    return model.eval()
-
-
-@torch.no_grad()
-def _logits(model: PreTrainedModel, batch: torch.Tensor) -> torch.Tensor:
-    return model(batch).logits.float()
 
 
 def _check_parity(reference: torch.Tensor, converted: torch.Tensor, dtype: str) -> float:

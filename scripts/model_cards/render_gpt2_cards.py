@@ -35,8 +35,8 @@ from transformers.utils import logging as hf_logging
 
 from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
 from hf_tinylm.conversion import convert as convert_module
-from hf_tinylm.conversion.gpt2_mapping import gpt2_config_from_tinylm, tinylm_to_gpt2_tensors
-from hf_tinylm.conversion.sources import plan_openai_tf
+from hf_tinylm.conversion.formats.gpt2 import gpt2_config_from_tinylm, tinylm_to_gpt2_tensors
+from hf_tinylm.conversion.formats.openai_tf import plan_openai_tf
 from hf_tinylm.conversion.tf_checkpoint import TFCheckpointReader
 from hf_tinylm.model_card import render_model_card
 

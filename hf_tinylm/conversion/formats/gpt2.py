@@ -1,20 +1,44 @@
-"""GPT-2 <-> TinyLM: configs and weight names, both ways, as pure functions (no files, no models).
+"""Transformers GPT-2 (`GPT2LMHeadModel` / `GPT2Model` folders) <-> TinyLM: the config and weight maps both ways,
+what GPT-2 cannot express, and the format's reader and writer.
 
-GPT-2 state dicts here use Transformers' `GPT2LMHeadModel` names without the `transformer.` prefix
-(`wte.weight`, `h.0.attn.c_attn.weight`, ..., `ln_f.bias`, optionally `lm_head.weight`); `normalize_gpt2_state_dict`
-brings any saved layout to that form. GPT-2's `Conv1D` stores `weight` as [in, out] and computes `x @ W + b`, so a
-TinyLM `nn.Linear` holds its transpose; every other tensor is copied as is, which is why a round trip is bit-exact.
+GPT-2 state dicts here use Transformers' names without the `transformer.` prefix (`wte.weight`,
+`h.0.attn.c_attn.weight`, ..., `ln_f.bias`, optionally `lm_head.weight`); `normalize_gpt2_state_dict` brings any saved
+layout to that form. GPT-2's `Conv1D` stores `weight` as [in, out] and computes `x @ W + b`, so a TinyLM `nn.Linear`
+holds its transpose; every other tensor is copied as is, which is why a round trip is bit-exact. OpenAI's TensorFlow
+release and nanoGPT checkpoints are GPT-2 too: their modules read them into this layout and use `gpt2_checkpoint`.
 """
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import torch
-from transformers import GPT2Config
+from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.activations import ACT2FN
 
-from ..configuration_tinylm import TinyLMConfig
-from ..model_folder import name_list
+from ...configuration_tinylm import TinyLMConfig
+from ...model_folder import load_weights, read_json
+from ..base import (
+    Checkpoint,
+    ConversionError,
+    TransformersFolder,
+    build_model,
+    check_tensors,
+    logits_of,
+    mismatches,
+    refuse_unless_expressible,
+    require_tensor,
+)
+from ..sources import (
+    config_model_type,
+    hub_suffix,
+    load_generation_config,
+    load_tokenizer,
+    require_size_fields,
+    source_license,
+)
 
+# The config fields that fix the tensor shapes.
+GPT2_SIZE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
 # Buffers of older GPT-2 code (the causal mask and its fill value): not weights, rebuilt by every implementation.
 LEGACY_BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -46,10 +70,6 @@ _GPT2_GLOBAL_TENSORS = (
     ("ln_f.weight", "model.norm.weight"),
     ("ln_f.bias", "model.norm.bias"),
 )
-
-
-class ConversionError(ValueError):
-    """A checkpoint or config that cannot be converted faithfully; the message names what and why."""
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -109,11 +129,7 @@ def gpt2_incompatibilities(config: TinyLMConfig) -> list[str]:
         ("head_dim", head_dim),
         ("sliding_window", None),
     )
-    problems = [
-        f"{field}={getattr(config, field)!r} (GPT-2 needs {value!r})"
-        for field, value in required
-        if getattr(config, field) != value
-    ]
+    problems = mismatches(config, required, "GPT-2")
     if config.attention_scale not in (None, 1.0, head_dim**-0.5):
         problems.append(
             f"attention_scale={config.attention_scale!r} (GPT-2 scales by head_dim ** -0.5 or not at all: "
@@ -124,11 +140,7 @@ def gpt2_incompatibilities(config: TinyLMConfig) -> list[str]:
 
 def gpt2_config_from_tinylm(config: TinyLMConfig) -> GPT2Config:
     """The `GPT2Config` computing exactly what `config` computes; refuses a config GPT-2 cannot represent."""
-    problems = gpt2_incompatibilities(config)
-    if problems:
-        raise ConversionError(
-            "This TinyLM config cannot be expressed as GPT-2, which differs in: " + "; ".join(problems) + "."
-        )
+    refuse_unless_expressible(FORMAT, config)
     return GPT2Config(
         vocab_size=config.vocab_size,
         n_positions=config.max_position_embeddings,
@@ -189,33 +201,9 @@ def gpt2_expected_shapes(gpt2: GPT2Config) -> dict[str, tuple[int, ...]]:
 
 def check_gpt2_state_dict(state_dict: Mapping[str, torch.Tensor], gpt2: GPT2Config) -> None:
     """Refuse a normalized GPT-2 state dict that misses, misshapes or adds a tensor, naming each one."""
-    expected = gpt2_expected_shapes(gpt2)
-    missing = [name for name in expected if name not in state_dict and name != "lm_head.weight"]
-    if "lm_head.weight" not in state_dict and not gpt2.tie_word_embeddings:
-        missing.append("lm_head.weight (required: the config has tie_word_embeddings=False)")
-    if missing:
-        raise ConversionError(f"The checkpoint is missing {len(missing)} GPT-2 tensor(s): {name_list(missing)}.")
-    unexpected = sorted(set(state_dict) - set(expected))
-    if unexpected:
-        raise ConversionError(
-            f"The checkpoint has tensor(s) a GPT2LMHeadModel with this config does not: {name_list(unexpected)}. "
-            "Is it a GPT-2 checkpoint with a matching config.json?"
-        )
-    for name, tensor in state_dict.items():
-        if not tensor.is_floating_point():
-            raise ConversionError(f"Tensor {name!r} has dtype {tensor.dtype}; GPT-2 weights are floating point.")
-        if tuple(tensor.shape) != expected[name]:
-            raise ConversionError(
-                f"Tensor {name!r} has shape {list(tensor.shape)}, but the config (n_embd={gpt2.n_embd}, "
-                f"vocab_size={gpt2.vocab_size}, n_positions={gpt2.n_positions}) requires {list(expected[name])}."
-            )
-    head = state_dict.get("lm_head.weight")
-    if gpt2.tie_word_embeddings and head is not None and not torch.equal(head, state_dict["wte.weight"]):
-        raise ConversionError(
-            "The config ties the output head to the embeddings (tie_word_embeddings=True), but the checkpoint's "
-            "`lm_head.weight` differs from `wte.weight`. Set \"tie_word_embeddings\": false in config.json if the "
-            "head is meant to be separate."
-        )
+    hint = f"the config (n_embd={gpt2.n_embd}, vocab_size={gpt2.vocab_size}, n_positions={gpt2.n_positions})"
+    check_tensors(state_dict, gpt2_expected_shapes(gpt2), what="GPT-2", tied=gpt2.tie_word_embeddings,
+                  ties={"lm_head.weight": "wte.weight"}, config_hint=hint)  # fmt: skip
 
 
 def gpt2_to_tinylm_tensors(
@@ -243,47 +231,94 @@ def tinylm_to_gpt2_tensors(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (GPT-2 name with the `transformer.` prefix, tensor) for a GPT-2-compatible TinyLM state dict."""
     for gpt2_name, tinylm_name in _GPT2_GLOBAL_TENSORS[:2]:
-        yield f"transformer.{gpt2_name}", _require(state_dict, tinylm_name)
+        yield f"transformer.{gpt2_name}", require_tensor(state_dict, tinylm_name, "TinyLM")
     for i in range(config.num_hidden_layers):
         for gpt2_suffix, tinylm_suffix, is_conv1d in _GPT2_LAYER_TENSORS:
-            tensor = _require(state_dict, f"model.layers.{i}.{tinylm_suffix}")
+            tensor = require_tensor(state_dict, f"model.layers.{i}.{tinylm_suffix}", "TinyLM")
             yield f"transformer.h.{i}.{gpt2_suffix}", tensor.t().contiguous() if is_conv1d else tensor
     for gpt2_name, tinylm_name in _GPT2_GLOBAL_TENSORS[2:]:
-        yield f"transformer.{gpt2_name}", _require(state_dict, tinylm_name)
+        yield f"transformer.{gpt2_name}", require_tensor(state_dict, tinylm_name, "TinyLM")
     if not config.tie_word_embeddings:
-        yield "lm_head.weight", _require(state_dict, "lm_head.weight")
+        yield "lm_head.weight", require_tensor(state_dict, "lm_head.weight", "TinyLM")
 
 
-def _require(state_dict: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
-    if name not in state_dict:
-        raise ConversionError(f"The TinyLM checkpoint has no tensor {name!r}.")
-    return state_dict[name]
+# ----------------------------------------------------------------------------------------------- the format
 
 
-# ----------------------------------------------------------------------------------------------- OpenAI TF
+def gpt2_checkpoint(gpt2: GPT2Config, state_dict: dict[str, torch.Tensor], **facts) -> Checkpoint:
+    """A checked, normalized GPT-2 state dict as a `Checkpoint` whose reference is Transformers' `GPT2LMHeadModel`
+    holding the same weights. `facts` are the other `Checkpoint` fields (format, name, description, ...)."""
+    config = tinylm_config_from_gpt2(gpt2)
+    notes = list(facts.pop("notes", []))
+    if getattr(gpt2, "reorder_and_upcast_attn", False):
+        notes.append(REORDER_AND_UPCAST_NOTE)
+
+    def reference():
+        weights = {
+            name if name == "lm_head.weight" else f"transformer.{name}": tensor.float()
+            for name, tensor in state_dict.items()
+        }
+        return logits_of(build_model(GPT2LMHeadModel, gpt2, weights))
+
+    return Checkpoint(
+        config=config,
+        tensors=lambda: gpt2_to_tinylm_tensors(state_dict, gpt2),
+        num_tensors=len(state_dict) - ("lm_head.weight" in state_dict and config.tie_word_embeddings),
+        dtype=state_dict["wte.weight"].dtype,
+        reference=reference,
+        reference_name="Transformers' `GPT2LMHeadModel` holding the source weights",
+        notes=notes,
+        **facts,
+    )
 
 
-def openai_tf_name_to_gpt2(name: str) -> str | None:
-    """OpenAI's TF variable name -> the GPT-2 name (`model/h3/attn/c_attn/w` -> `h.3.attn.c_attn.weight`);
-    None for a name outside the GPT-2 model (e.g. optimizer slots)."""
-    parts = name.split("/")
-    if parts[0] != "model" or len(parts) < 2:
-        return None
-    parts = parts[1:]
-    if parts[0].startswith("h") and parts[0][1:].isdigit():
-        parts = ["h", parts[0][1:], *parts[1:]]
-    if len(parts) == 1:  # wte, wpe
-        return f"{parts[0]}.weight"
-    leaf = {"g": "weight", "w": "weight", "b": "bias"}.get(parts[-1])
-    return None if leaf is None else ".".join([*parts[:-1], leaf])
+class GPT2Format(TransformersFolder):
+    name = "gpt2"
+    label = "GPT-2"
+    signature = 'a folder whose config.json has model_type "gpt2" (Transformers GPT-2)'
+    card_tags = ("gpt2", "tinylm")
+    model_class = GPT2LMHeadModel
 
+    def detect(self, path: Path) -> bool:
+        return config_model_type(path) == "gpt2"
 
-def openai_tf_tensor_to_gpt2(gpt2_name: str, array: torch.Tensor) -> torch.Tensor:
-    """OpenAI stores Conv1D weights as [1, in, out] (a 1x1 convolution kernel); GPT-2's Conv1D holds [in, out]."""
-    if gpt2_name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
-        if array.dim() != 3 or array.shape[0] != 1:
-            raise ConversionError(
-                f"OpenAI tensor for {gpt2_name!r} has shape {list(array.shape)}; expected [1, in, out]."
+    def read(self, path: Path, repo_id: str | None, progress: bool) -> Checkpoint:
+        values = read_json(path / "config.json")
+        require_size_fields(values, GPT2_SIZE_FIELDS, path / "config.json", aliases=GPT2Config.attribute_map)
+        gpt2 = GPT2Config.from_dict(values)
+        state_dict = normalize_gpt2_state_dict(load_weights(path, progress=progress))
+        check_gpt2_state_dict(state_dict, gpt2)
+        notes = []
+        if "GPT2Model" in (gpt2.architectures or []):
+            notes.append(
+                "The source is a `GPT2Model` save (no language-modelling head); the head is tied to the token "
+                "embeddings, as in `GPT2LMHeadModel`."
             )
-        return array[0]
-    return array
+        tokenizer = load_tokenizer(path)
+        if tokenizer is None:
+            notes.append("The source has no tokenizer files; the output folder has none either.")
+        name = repo_id or path.name
+        return gpt2_checkpoint(
+            gpt2,
+            state_dict,
+            format=self.name,
+            name=name,
+            description=f"the Transformers GPT-2 checkpoint `{name}`" + hub_suffix(repo_id),
+            tokenizer=tokenizer,
+            generation_config=load_generation_config(path),
+            repo_id=repo_id,
+            license=source_license(path),
+            notes=notes,
+        )
+
+    def refusals(self, config: TinyLMConfig) -> list[str]:
+        return gpt2_incompatibilities(config)
+
+    def config_from_tinylm(self, config: TinyLMConfig) -> GPT2Config:
+        return gpt2_config_from_tinylm(config)
+
+    def tensors_from_tinylm(self, state_dict, config):
+        return tinylm_to_gpt2_tensors(state_dict, config)
+
+
+FORMAT = GPT2Format()
