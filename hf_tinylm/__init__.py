@@ -1,8 +1,11 @@
 """hf_tinylm: a GPT-style decoder-only language model family native to Hugging Face Transformers.
 
 Importing the package registers TinyLM with `AutoConfig`, `AutoModel`, `AutoModelForCausalLM` and the task-head Auto
-classes (sequence classification, token classification, question answering).
+classes (sequence classification, token classification, question answering), and, when PEFT is installed, gives
+PEFT TinyLM's default LoRA targets.
 """
+
+import importlib.util
 
 from transformers import (
     AutoConfig,
@@ -29,6 +32,13 @@ AutoModelForCausalLM.register(TinyLMConfig, TinyLMForCausalLM)
 AutoModelForSequenceClassification.register(TinyLMConfig, TinyLMForSequenceClassification)
 AutoModelForTokenClassification.register(TinyLMConfig, TinyLMForTokenClassification)
 AutoModelForQuestionAnswering.register(TinyLMConfig, TinyLMForQuestionAnswering)
+
+# PEFT chooses LoRA's default target modules by model type from its own table: TinyLM's is the fused q/k/v
+# projection, as GPT-2's `c_attn` is GPT-2's.
+if importlib.util.find_spec("peft") is not None:
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.setdefault(TinyLMConfig.model_type, ["qkv_proj"])
 
 __all__ = [
     "PRESETS",
