@@ -1,6 +1,6 @@
 """The TinyLM decoder-only language model, built the way Transformers 5 builds its own models.
 
-Read top to bottom: norms -> position schemes -> attention -> MLP -> decoder block -> pretrained base ->
+Read top to bottom: norms -> position schemes -> attention -> MLP -> decoder block -> loss -> pretrained base ->
 `TinyLMModel` -> `TinyLMForCausalLM` -> the task heads. Notation in shape comments: B batch, T query length,
 S key/value length, H query heads, K key/value heads, D head dim, E hidden size.
 
@@ -19,6 +19,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.generation.continuous_batching.cache import PagedAttentionCache
+from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import (
     GenericForQuestionAnswering,
@@ -66,9 +67,10 @@ def build_norm(config: TinyLMConfig) -> nn.Module:
 # ----------------------------------------------------------------------------------------------- positions
 
 
-def _check_positions_fit(position_ids: torch.Tensor, max_positions: int, kind: str) -> None:
-    """Absolute position tables have `max_positions` rows: a longer input must fail here, clearly."""
-    if is_torchdynamo_compiling():
+def _check_positions_fit(position_ids: torch.Tensor, max_positions: int, kind: str, upper_bound: int | None) -> None:
+    """Absolute position tables have `max_positions` rows: a longer input must fail here, clearly. `upper_bound`, a
+    bound on the positions known on the host, spares reading them from the device while it fits the table."""
+    if is_torchdynamo_compiling() or (upper_bound is not None and upper_bound <= max_positions):
         return
     needed = int(position_ids.max()) + 1
     if needed > max_positions:
@@ -81,10 +83,6 @@ def _check_positions_fit(position_ids: torch.Tensor, max_positions: int, kind: s
 
 class TinyLMLearnedPositionalEmbedding(nn.Embedding):
     """GPT-2's learned absolute positions: one trained vector per position."""
-
-    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        _check_positions_fit(position_ids, self.num_embeddings, "learned")
-        return super().forward(position_ids)
 
 
 class TinyLMSinusoidalPositionalEmbedding(nn.Module):
@@ -107,7 +105,6 @@ class TinyLMSinusoidalPositionalEmbedding(nn.Module):
         return table
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        _check_positions_fit(position_ids, self.max_positions, "sinusoidal")
         return F.embedding(position_ids, self.weight)
 
 
@@ -287,6 +284,13 @@ class TinyLMAttention(nn.Module):
 # ----------------------------------------------------------------------------------------------- MLP
 
 
+def build_activation(name: str) -> nn.Module:
+    """The activation `name` names in `ACT2FN`. GPT-2's `gelu_new` (the tanh approximation of GELU) runs as
+    PyTorch's fused tanh GELU: the same function (to fp32 rounding), one kernel instead of eight element-wise
+    passes, and one tensor kept for the backward instead of several."""
+    return ACT2FN["gelu_pytorch_tanh" if name == "gelu_new" else name]
+
+
 class TinyLMMLP(nn.Module):
     """GPT-2's two-layer MLP, `down(act(up(x)))`."""
 
@@ -294,7 +298,7 @@ class TinyLMMLP(nn.Module):
         super().__init__()
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = TinyLMResidualProjection(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
-        self.act_fn = ACT2FN[config.hidden_act]
+        self.act_fn = build_activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.up_proj(x)))
@@ -308,7 +312,7 @@ class TinyLMGatedMLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = TinyLMResidualProjection(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
-        self.act_fn = ACT2FN[config.hidden_act]
+        self.act_fn = build_activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
@@ -362,6 +366,87 @@ class TinyLMDecoderLayer(GradientCheckpointingLayer):
         if not self.pre_norm:
             hidden_states = self.mlp_norm(hidden_states)
         return hidden_states
+
+
+# ----------------------------------------------------------------------------------------------- loss
+
+
+class LMHeadCrossEntropy(torch.autograd.Function):
+    """The logits `hidden @ weight.T` and their summed cross-entropy against `targets` (-100: ignored), with the
+    loss's gradients (softmax minus the one-hot target) formed in the forward, one block of vocabulary columns at a
+    time. So no fp32 copy, log-softmax or gradient of the whole (N, V) logits ever exists (at GPT-2's vocabulary
+    each is as large as the rest of a small batch's activations), while every matmul keeps a full inner dimension
+    and each weight-gradient row is written once. The logits stay differentiable."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, block):
+        # hidden (N, E), weight (V, E), targets (N,) -> logits (N, V) in the matmul's (autocast) dtype, loss ()
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(hidden, weight)
+        (rows, vocab), (need_hidden, need_weight) = (hidden.shape[0], weight.shape[0]), ctx.needs_input_grad[:2]
+        logits = F.linear(hidden, weight)
+        valid = targets != -100
+        picked = targets.clamp(min=0)[:, None]  # ignored rows pick token 0, then count for nothing
+        step = max(1, block // vocab)
+        log_norm = torch.cat([torch.logsumexp(logits[i : i + step].float(), dim=-1) for i in range(0, rows, step)])
+        loss = ((log_norm - logits.gather(1, picked).squeeze(1).float()) * valid).sum()
+
+        ctx.grad_hidden = torch.zeros_like(hidden, dtype=torch.float32) if need_hidden else None
+        ctx.grad_weight = torch.empty_like(weight) if need_weight else None
+        ctx.released = False
+        step = max(1, block // rows)
+        for first in range(0, vocab if need_hidden or need_weight else 0, step):
+            columns = slice(first, first + step)
+            grad = (logits[:, columns].float() - log_norm[:, None]).exp_()  # softmax, (N, C)
+            targeted = valid & (targets >= first) & (targets < first + grad.shape[1])
+            target_column = (targets - first).clamp(0, grad.shape[1] - 1)[:, None]
+            grad.scatter_add_(1, target_column, -targeted[:, None].to(grad.dtype))  # minus the one-hot target
+            grad = grad.mul_(valid[:, None]).to(logits.dtype)  # d loss / d logits of these columns
+            if need_hidden:
+                ctx.grad_hidden += grad @ weight[columns]
+            if need_weight:
+                ctx.grad_weight[columns] = grad.T @ hidden
+        return logits, loss
+
+    @staticmethod
+    def backward(ctx, grad_logits, grad_loss):
+        hidden, weight = ctx.saved_tensors
+        grad_hidden = grad_weight = None
+        if grad_loss is not None:
+            if ctx.released:
+                raise RuntimeError("The chunked LM loss supports one backward pass per forward (no retain_graph).")
+            # Scaled in place and released: a (V, E) gradient held to the end of the backward would add to its peak.
+            grad_hidden, grad_weight, ctx.grad_hidden, ctx.grad_weight = ctx.grad_hidden, ctx.grad_weight, None, None
+            ctx.released = True
+            grad_hidden = grad_hidden.mul_(grad_loss).to(hidden.dtype) if grad_hidden is not None else None
+            grad_weight = grad_weight.mul_(grad_loss) if grad_weight is not None else None
+        if grad_logits is not None:  # the caller used the logits too
+            grad_logits = grad_logits.to(weight.dtype)
+            extra_hidden, extra_weight = grad_logits @ weight, grad_logits.T @ hidden.to(weight.dtype)
+            grad_hidden = extra_hidden if grad_hidden is None else grad_hidden + extra_hidden
+            grad_weight = extra_weight if grad_weight is None else grad_weight + extra_weight
+        return grad_hidden, grad_weight, None, None
+
+
+def chunked_causal_lm_loss(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    shift_labels: torch.Tensor | None = None,
+    block: int = 2**23,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, loss) of a bias-free LM head on (B, T, E) hidden states: Transformers' `ForCausalLMLoss` (labels
+    shifted inside, -100 ignored, the mean over real targets or the sum over `num_items_in_batch`), computed by
+    `LMHeadCrossEntropy` with fp32 temporaries of about `block` elements (32 MB by default)."""
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=-100)[..., 1:]
+    targets = shift_labels.reshape(-1).to(hidden_states.device)
+    logits, loss = LMHeadCrossEntropy.apply(hidden_states.reshape(-1, hidden_states.shape[-1]), weight, targets, block)
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+    if torch.is_tensor(count):
+        count = count.to(loss.device)
+    return logits.view(*hidden_states.shape[:-1], -1), loss / count
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -442,35 +527,57 @@ class TinyLMModel(TinyLMPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
-        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, cache)
+        # A static cache counts on the device (a tensor); a paged cache (continuous batching) brings its own
+        # positions and masks, and has no one length.
+        past = 0 if cache is None or isinstance(cache, PagedAttentionCache) else cache.get_seq_length()
+        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past)
+        # A one-token step after cached tokens is a decode step: it reads nothing back from the device (which would
+        # stall a GPU once per token). Token ids are checked where they enter, in the prompt or any longer input; a
+        # decode step's token is the model's own choice.
+        decoding = (input_ids if input_ids is not None else inputs_embeds).shape[1] == 1 and not (
+            isinstance(past, int) and past == 0
+        )
         if inputs_embeds is None:
-            self._check_token_ids(input_ids)
+            if not decoding:
+                self._check_token_ids(input_ids)
             inputs_embeds = self.embed_tokens(input_ids)
         batch, length = inputs_embeds.shape[:2]
 
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past_length = cache.get_seq_length() if cache is not None else 0
-            position_ids = self._default_position_ids(attention_mask, past_length, length, inputs_embeds.device)
+            position_ids = self._default_position_ids(attention_mask, past, length, inputs_embeds.device)
 
-        mask_function = create_sliding_window_causal_mask if self.config.sliding_window else create_causal_mask
-        attention_mask_4d = mask_function(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=position_ids,
-        )
+        if (decoding and isinstance(past, int) and (attention_mask is None or attention_mask.dim() == 2)
+                and not self.config.sliding_window and self.config._attn_implementation == "sdpa"):
+            # One query over every cached key: causality holds already, so SDPA's mask is the padding mask, (B, 1,
+            # 1, S), or none (`generate` drops a mask without padding): an op or none instead of Transformers'
+            # general mask builder (dozens, at every token).
+            attention_mask_4d = None if attention_mask is None else attention_mask[:, None, None, :].bool()
+        else:
+            mask_function = create_sliding_window_causal_mask if self.config.sliding_window else create_causal_mask
+            attention_mask_4d = mask_function(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=cache,
+                position_ids=position_ids,
+                # Skipping the mask for SDPA's `is_causal` first asks the device whether a row has padding.
+                allow_is_causal_skip=not (decoding and attention_mask is not None),
+            )
 
         hidden_states = inputs_embeds
         position_embeddings = None
         if self.embed_positions is not None:
+            # Generated positions stay below the count of cached and new tokens (for a static cache, its length).
+            bound = (past + length if isinstance(past, int) else cache.get_max_length()) if decoding else None
+            _check_positions_fit(position_ids, self.config.max_position_embeddings,
+                                 self.config.position_embedding_type, bound)
             hidden_states = hidden_states + self.embed_positions(position_ids).to(hidden_states.dtype)
         elif self.rotary_emb is not None:
             position_embeddings = self.rotary_emb(hidden_states, position_ids)
         else:
-            kwargs["position_bias"] = self._alibi_bias(cache, position_ids, batch, length, hidden_states.dtype)
+            kwargs["position_bias"] = self._alibi_bias(cache, past, position_ids, batch, length, hidden_states.dtype)
         hidden_states = self.embedding_dropout(hidden_states)
 
         for layer in self.layers:
@@ -484,7 +591,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
 
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, cache) -> None:
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past) -> None:
         """Refuse malformed inputs here, naming the fix, instead of failing deep inside a layer. Shapes and dtypes
         only: nothing here waits for the device."""
         if (input_ids is None) == (inputs_embeds is None):
@@ -514,7 +621,6 @@ class TinyLMModel(TinyLMPreTrainedModel):
         batch, length = shape
         if attention_mask is not None and attention_mask.dim() == 2:
             # A static cache counts its length on the device: comparing it here would wait for the device.
-            past = cache.get_seq_length() if cache is not None else 0
             expected = past + length if isinstance(past, int) else None
             if attention_mask.shape[0] != batch or attention_mask.shape[1] < length or (
                 expected is not None and attention_mask.shape[1] != expected
@@ -558,7 +664,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
             return position_ids.clamp(min=0)[:, -length:]
         return (torch.arange(length, device=device) + past_length)[None]
 
-    def _alibi_bias(self, cache, position_ids, batch, length, dtype) -> torch.Tensor:
+    def _alibi_bias(self, cache, past, position_ids, batch, length, dtype) -> torch.Tensor:
         if "flash" in self.config._attn_implementation:
             raise ValueError(
                 f"attn_implementation={self.config._attn_implementation!r} cannot add ALiBi's attention bias. "
@@ -569,14 +675,14 @@ class TinyLMModel(TinyLMPreTrainedModel):
                 "Continuous batching (`generate_batch`, `transformers serve`) packs requests into one sequence, and "
                 "TinyLM's ALiBi bias does not follow that packing. Use `generate()` for ALiBi models."
             )
-        past = cache.get_seq_length() if cache is not None else 0
-        if isinstance(past, int) and past == 0:
-            # Nothing cached: the keys are the queries, at the given positions (which may repeat, e.g. several
+        key_length, key_offset = cache.get_mask_sizes(length, 0) if cache is not None else (length, 0)
+        if isinstance(past, int) and past == 0 and key_length == length:
+            # Nothing cached, and the keys are the queries, at the given positions (which may repeat, e.g. several
             # continuations of one prefix under a custom 4-D mask).
             return self.alibi(position_ids, position_ids, batch, dtype)
-        # Decoding: key positions follow the cache (a sliding-window cache keeps only the last keys). ALiBi only
-        # needs distances, and left padding shifts queries and keys alike. (A static cache counts on the device.)
-        key_length, key_offset = cache.get_mask_sizes(length, 0)
+        # Key positions follow the cache: after cached tokens, or a static cache's fixed length (a sliding-window
+        # cache keeps only the last keys). ALiBi only needs distances, and left padding shifts queries and keys
+        # alike. (A static cache counts on the device.)
         device = self.alibi.slopes.device
         query_positions = (torch.arange(length, device=device) + past)[None]
         key_positions = (torch.arange(key_length, device=device) + key_offset)[None]
@@ -609,7 +715,9 @@ class TinyLMForCausalLM(TinyLMPreTrainedModel, GenerationMixin):
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         r"""`labels` are the input ids themselves (shifted inside the loss; -100 is ignored). `logits_to_keep`
-        computes logits for the last N positions only (0 keeps all), which is what `generate` asks for."""
+        computes logits for the last N positions only (0 keeps all), which is what `generate` asks for. A loss that
+        will be differentiated goes through `chunked_causal_lm_loss`: the same value and gradients, without the
+        full-size fp32 copies of the logits that dominate training memory at large vocabularies."""
         if labels is not None:
             inputs = input_ids if input_ids is not None else inputs_embeds
             if inputs is not None and labels.shape != inputs.shape[:2]:
@@ -626,16 +734,38 @@ class TinyLMForCausalLM(TinyLMPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        hidden_states, loss = outputs.last_hidden_state, None
+        keep_all = isinstance(logits_to_keep, int) and logits_to_keep == 0
+        if labels is not None and keep_all and self._trains_through_chunked_loss(hidden_states):
+            logits, loss = chunked_causal_lm_loss(
+                hidden_states, self.lm_head.weight, labels, kwargs.get("num_items_in_batch"), kwargs.get("shift_labels")
+            )
+        else:
+            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+        )
+
+    def _trains_through_chunked_loss(self, hidden_states: torch.Tensor) -> bool:
+        """Whether the loss will be differentiated and `chunked_causal_lm_loss` computes exactly what the head and
+        `self.loss_function` would: a plain bias-free `nn.Linear` head (not one wrapped by an adapter, a quantizer
+        or an offloading hook) and the default loss. Under `torch.compile` the compiler plans the memory itself."""
+        head = self.lm_head
+        return (
+            torch.is_grad_enabled()
+            and (hidden_states.requires_grad or head.weight.requires_grad)
+            and not is_torchdynamo_compiling()
+            and type(head) is nn.Linear
+            and head.bias is None
+            and "forward" not in vars(head)
+            and not (head._forward_hooks or head._forward_pre_hooks)
+            and self.loss_function is ForCausalLMLoss
         )
 
 
