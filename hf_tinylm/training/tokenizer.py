@@ -3,6 +3,7 @@
 Every tokenizer returned here has an EOS token (it separates documents) and a pad token (the EOS, as in GPT-2).
 """
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def train_bpe_tokenizer(texts: Iterable[list[str]], vocab_size: int, show_progre
         vocab_size=vocab_size,
         special_tokens=[EOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=show_progress,
+        # The trainer's bar prints empty lines to a stdout that is not a terminal (a log file, a pipe).
+        show_progress=show_progress and sys.stdout.isatty(),
     )
     _set_byte_level(backend)
     backend.train_from_iterator(texts, trainer=trainer)
