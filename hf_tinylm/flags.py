@@ -20,6 +20,7 @@ def option(
     type: Callable[[str], Any] | None = None,
     choices: tuple | None = None,
     nargs: str | None = None,
+    action: str | None = None,
     const: Any = None,
     metavar: str | None = None,
     group: str | None = None,
@@ -28,9 +29,10 @@ def option(
     parse: Callable[[Any], Any] | None = None,
 ) -> Any:
     """A dataclass field that is also a flag. A bool field is a switch (`flags` may name it `--no-...` when its
-    default is True); `parse` converts the flag's text after parsing, so its ValueError reads as a command error."""
-    spec = dict(help=help, flags=flags, type=type, choices=choices, nargs=nargs, const=const, metavar=metavar, group=group,
-                exclusive_group=exclusive_group, positional=positional, parse=parse)
+    default is True); `action="extend"` lets a list flag be repeated; `parse` converts the flag's text after parsing,
+    so its ValueError reads as a command error."""
+    spec = dict(help=help, flags=flags, type=type, choices=choices, nargs=nargs, action=action, const=const,
+                metavar=metavar, group=group, exclusive_group=exclusive_group, positional=positional, parse=parse)
     if isinstance(default, list | dict):  # a mutable default: each settings object gets its own copy
         return dataclasses.field(default_factory=lambda: copy.copy(default), metadata={"flag": spec})
     return dataclasses.field(default=default, metadata={"flag": spec})
@@ -56,7 +58,7 @@ def add_flags(parser: argparse.ArgumentParser, settings: type) -> None:
         if isinstance(default, bool):
             kwargs["action"] = "store_false" if default else "store_true"
         else:
-            passed = ("type", "choices", "nargs", "const", "metavar")
+            passed = ("type", "choices", "nargs", "action", "const", "metavar")
             kwargs.update({key: spec[key] for key in passed if spec[key] is not None})
         _group(parser, groups, spec).add_argument(*names, help=spec["help"], **kwargs)
 

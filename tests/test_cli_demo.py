@@ -22,6 +22,8 @@ def test_short_demo_trains_reloads_with_remote_code_and_generates(tmp_path):
     sample = result.stdout.split("-" * 60)[1].strip()
     assert sample.startswith("def") and len(sample) > len("def")
     assert f"-> {results['perplexity_after']:.1f} after 40 steps" in result.stdout
+    assert (output / "training_curves.png").is_file() and "](training_curves.png)" in (output / "README.md").read_text()
+    assert f"loss curves: {output / 'training_curves.png'}" in result.stdout
 
 
 def test_demo_refuses_to_replace_a_folder_that_is_not_a_model(tmp_path):

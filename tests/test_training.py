@@ -6,6 +6,9 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
+from transformers import TrainerCallback
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
 from cli_helpers import TINY_TRAIN_ARGS, loss_log, make_tiny_model, train_losses, weights
 from hf_tinylm.cli import main
@@ -46,6 +49,37 @@ def test_output_folder_is_hub_ready(scratch_run):
     assert "pipeline_tag: text-generation" in card
     assert f"{results['perplexity_after']:.2f}" in card and "trust_remote_code=True" in card
     assert "tinyshakespeare" in card and "| steps | 30 " in card
+
+
+def test_trained_folder_card_shows_the_loss_and_perplexity_curves(scratch_run):
+    with Image.open(scratch_run / "training_curves.png") as image:
+        assert image.format == "PNG" and image.size == (1000, 400)
+        colours = {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 20)}
+    assert {(31, 119, 180), (255, 127, 14)} <= colours  # the training-loss and held-out lines
+    card = (scratch_run / "README.md").read_text()
+    assert "![Training and held-out loss, and held-out perplexity, against tokens seen](training_curves.png)" in card
+
+
+def test_results_carry_training_speed_and_peak_memory(scratch_run):
+    results = json.loads((scratch_run / "all_results.json").read_text())
+    assert 0 < results["train_tokens_per_second"] < 1e9
+    assert 100 < results["peak_memory_mb"] < 1e6  # a CPU run: the process's resident peak, torch included
+
+
+def test_report_to_sends_the_logs_to_the_trainer_logger_named(shared_data, tmp_path, monkeypatch):
+    """`--report-to tensorboard` adds Transformers' logger of that name; a recording stand-in takes its place."""
+    received = []
+
+    class Recorder(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            received.append(dict(logs))
+
+    monkeypatch.setitem(INTEGRATION_TO_CALLBACK, "tensorboard", Recorder)
+    output = tmp_path / "model"
+    assert main(["train", "--data", str(shared_data / "tinyshakespeare"), *TINY_TRAIN_ARGS, "--max-steps", "2",
+                 "--logging-steps", "1", "--save-steps", "0", "--report-to", "tensorboard", "-o", str(output)]) == 0
+    assert [entry["loss"] for entry in received if "loss" in entry] == train_losses(output)
+    assert sum("eval_loss" in entry for entry in received) == 2  # before and after
 
 
 def test_fine_tuning_a_trained_folder_lowers_loss_on_new_text(scratch_run, shared_data, tmp_path):

@@ -8,4 +8,4 @@
 A new command is a new module here plus its name in `COMMANDS`.
 """
 
-COMMANDS = ("train", "generate", "info", "demo", "convert")
+COMMANDS = ("train", "generate", "info", "demo", "convert", "compare")

@@ -91,6 +91,7 @@ def _may_replace(output: Path) -> bool:
 
 
 def run_demo(s: DemoSettings) -> dict:
+    from .curves import CURVES_FILE
     from .data import resolve_data_files
     from .settings import DEFAULT_PATTERNS, TrainSettings
     from .train import train
@@ -127,7 +128,8 @@ def run_demo(s: DemoSettings) -> dict:
           f"{report.perplexity_after:.1f} after {report.steps} steps "
           f"({report.tokens_seen:,} tokens, {trained - start:.0f} s)", flush=True)
     if not s.quiet:
-        print(f"saved the Hub-ready folder {output}; reloading it in a fresh process...", flush=True)
+        print(f"saved the Hub-ready folder {output} (loss curves: {output / CURVES_FILE}); reloading it in a fresh "
+              "process...", flush=True)
 
     sample = reload_and_generate(output, s.prompt, s.max_new_tokens, s.seed)
     print(f"loaded {sample['class']} with trust_remote_code=True")

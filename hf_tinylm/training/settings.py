@@ -5,12 +5,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
 from ..configuration_tinylm import TinyLMConfig
 from ..flags import non_negative_float, non_negative_int, option, positive_float, positive_int
 from ..terminal import OutputOptions
 
 DEFAULT_PATTERNS = ("*.txt", "*.text", "*.md", "*.rst", "*.json", "*.jsonl")
 TOKENIZER_KINDS = ("auto", "bpe", "byte")
+LOGGERS = ("none", "all", *INTEGRATION_TO_CALLBACK)  # Trainer's `report_to` names
 
 MODEL = "model (one of; default --preset tiny)"
 DATA = "data"
@@ -109,6 +112,10 @@ class TrainSettings(OutputOptions):
     logging_steps: int = option(10, type=positive_int, group=OUTPUT, help="log the training loss every N steps")
     eval_steps: int | None = option(None, type=positive_int, group=OUTPUT,
                                     help="evaluate every N steps (default: before and after only)")
+    report_to: list[str] = option(
+        ["none"], nargs="+", choices=LOGGERS, metavar="LOGGER", group=OUTPUT,
+        help=f"also send the logs to these Trainer loggers ({', '.join(LOGGERS[2:])}; 'all': every one installed); "
+             "TensorBoard writes to $TENSORBOARD_LOGGING_DIR, else to runs/ in the checkpoint folder (kept)")
 
     ddp_backend: str | None = option(None, choices=("gloo", "nccl", "mpi", "xccl", "hccl"), group=DISTRIBUTED,
                                      help="default: nccl on GPUs, gloo on CPU")
@@ -117,3 +124,89 @@ class TrainSettings(OutputOptions):
     fsdp_config: str | None = option(None, metavar="JSON", group=DISTRIBUTED,
                                      help="Trainer fsdp_config (a JSON file or string)")
     dataloader_workers: int = option(0, type=non_negative_int, group=DISTRIBUTED, help="data-loading processes")
+
+
+VARIANTS = "variants (--variants, or --base with --vary)"
+BUDGET = "data and budget (the same for every variant)"
+
+
+def parse_vary(items: list[str]) -> dict[str, list[Any]]:
+    """`["norm_type=layernorm,rmsnorm", "tie_word_embeddings=true,false"]` -> {field: values}; values are JSON, else
+    strings."""
+    fields = {field.name for field in dataclasses.fields(TinyLMConfig)}
+    vary: dict[str, list[Any]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        name = name.strip()
+        if not sep or not values.strip():
+            raise ValueError(f"--vary wants FIELD=VALUE,VALUE,..., got {item!r}.")
+        if name not in fields:
+            raise ValueError(f"--vary {name}: not a TinyLM config field.")
+        if name in vary:
+            raise ValueError(f"--vary {name} is given twice.")
+        vary[name] = [_json_or_text(value.strip()) for value in values.split(",") if value.strip()]
+    return vary
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@dataclasses.dataclass(kw_only=True)
+class CompareSettings(OutputOptions):
+    """Everything `tinylm compare` needs; the defaults are the command's defaults."""
+
+    variants: list[str] = option([], nargs="+", metavar="PRESET_OR_CONFIG", group=VARIANTS,
+                                 help="compare these presets, config.json files or model folders' architectures")
+    base: str | None = option(None, metavar="PRESET_OR_CONFIG", group=VARIANTS,
+                              help="the preset or config.json that --vary changes")
+    vary: dict[str, list[Any]] = option(
+        {}, nargs="+", action="extend", metavar="FIELD=V1,V2", group=VARIANTS, parse=parse_vary,
+        help="values of a config field to compare, e.g. 'norm_type=layernorm,rmsnorm' (repeatable); the variants "
+             "are every combination, or see --one-at-a-time")
+    one_at_a_time: bool = option(False, group=VARIANTS,
+                                 help="change one --vary field at a time from --base instead of crossing them")
+    config_overrides: dict[str, Any] = option(
+        {}, metavar="K=V,...", group=VARIANTS, parse=parse_config_overrides,
+        help="config fields set in every variant before --vary, e.g. 'hidden_size=64,num_hidden_layers=2'")
+    params_matched: bool = option(
+        False, group=VARIANTS,
+        help="set each variant's MLP width (intermediate_size) so its parameter count is within 1%% of the first "
+             "variant's")
+
+    data: list[str] = option(nargs="+", metavar="PATH", group=BUDGET,
+                             help="text or json/jsonl files, or folders searched recursively")
+    glob: list[str] = option(list(DEFAULT_PATTERNS), nargs="+", metavar="PATTERN", group=BUDGET,
+                             help="file-name patterns to take from folders")
+    validation_split: float = option(0.05, type=float, metavar="FRACTION", group=BUDGET,
+                                     help="share of the blocks held out: the corpus's last blocks")
+    tokenizer: str = option("auto", metavar="{auto,bpe,byte,FOLDER}", group=BUDGET,
+                            help="the one tokenizer of every variant: trained once on the data (as in `tinylm "
+                                 "train`) or a tokenizer folder")
+    vocab_size: int | None = option(None, type=positive_int, group=BUDGET,
+                                    help="vocabulary of a new tokenizer (default: the first variant's)")
+    tokens: int = option(500_000, type=positive_int, group=BUDGET,
+                         help="training tokens per variant, rounded down to whole steps")
+    block_size: int = option(128, type=positive_int, group=BUDGET, help="tokens per training block")
+    batch_size: int = option(8, type=positive_int, group=BUDGET, help="blocks per step")
+    learning_rate: float = option(1e-3, type=positive_float, group=BUDGET, help="peak learning rate")
+    lr_scheduler: str = option("cosine", group=BUDGET, help="Transformers scheduler name")
+    warmup_steps: int | None = option(None, type=non_negative_int, group=BUDGET,
+                                      help="linear warm-up steps (default: a tenth of the steps)")
+    evaluations: int = option(10, type=positive_int, group=BUDGET,
+                              help="held-out evaluations along each run (the points of the plot)")
+    seed: int = option(42, type=int, group=BUDGET, help="seed of initialisation, data order and dropout")
+
+    output: Path = option(flags=("--output", "-o"), type=Path, metavar="FOLDER", group=OUTPUT,
+                          help="the comparison folder: report, tokenizer and one model folder per variant")
+    resume: bool = option(False, group=OUTPUT,
+                          help="continue the comparison in --output: finished variants are not trained again")
+    overwrite: bool = option(False, group=OUTPUT, help="delete the comparison in --output and start over")
+    save_steps: int = option(0, type=non_negative_int, group=OUTPUT,
+                             help="checkpoint each variant every N steps, so --resume continues a variant cut "
+                                  "short (0: a cut variant starts over)")
+    decode_tokens: int = option(64, type=positive_int, group=OUTPUT,
+                                help="tokens generated to measure each model's decoding speed")

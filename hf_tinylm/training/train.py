@@ -3,7 +3,7 @@
 Layout on disk: Trainer checkpoints (for `--resume`) go to `<output>-checkpoints/` (or `--checkpoint-dir`), together
 with the tokenizer trained for a from-scratch run; the final folder `<output>/` is written all at once when
 training succeeded (weights, config, code files for `trust_remote_code`, tokenizer, generation config, model card,
-`trainer_state.json` and `all_results.json`).
+`trainer_state.json`, `all_results.json` and the picture of the loss curves, `training_curves.png`).
 """
 
 import json
@@ -12,6 +12,8 @@ import math
 import os
 import platform
 import shutil
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from transformers import (
     PrinterCallback,
     ProgressCallback,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     default_data_collator,
     set_seed,
@@ -36,6 +39,7 @@ from ..modeling_tinylm import TinyLMForCausalLM
 from ..output_folder import atomic_output_folder
 from ..terminal import library_output
 from . import data as data_lib
+from .curves import CURVES_FILE, plot_training_curves
 from .progress import TrainingProgress
 from .settings import TOKENIZER_KINDS, TrainSettings
 from .tokenizer import BYTE_VOCAB_SIZE, byte_level_tokenizer, load_tokenizer, train_bpe_tokenizer
@@ -64,6 +68,8 @@ class TrainReport:
     perplexity_before: float
     perplexity_after: float
     log_history: list[dict]
+    train_tokens_per_second: float  # tokens of this session over the time spent in training steps (no evaluations)
+    peak_memory_mb: float | None  # see `TrainingMeter`; None where it cannot be measured
 
 
 def default_checkpoint_dir(output: Path) -> Path:
@@ -72,6 +78,58 @@ def default_checkpoint_dir(output: Path) -> Path:
 
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))
+
+
+class TrainingMeter(TrainerCallback):
+    """The time spent in training steps (evaluations and checkpoints left out) and the tokens trained in it, and the
+    peak memory of the training: on a GPU what torch allocated there; on a CPU the process's peak resident memory
+    (Linux's `VmHWM`, reset when training begins, so it includes the Python process and the data), else None."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.tokens = 0
+        self.peak_memory_mb: float | None = None
+        self._on_gpu = self._resident_peak_reset = False
+        self._step_start = self._tokens_at_start = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._tokens_at_start = state.num_input_tokens_seen
+        self._on_gpu = torch.cuda.is_available() and not args.use_cpu
+        if self._on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._resident_peak_reset = _reset_resident_peak()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds += time.perf_counter() - self._step_start
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.tokens = state.num_input_tokens_seen - self._tokens_at_start
+        if self._on_gpu:
+            self.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
+        elif self._resident_peak_reset:  # else the peak since the process began would be reported as this run's
+            self.peak_memory_mb = _resident_peak_mb()
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def _reset_resident_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: "5" resets the process's peak resident size
+    except OSError:
+        return False
+    return True
+
+
+def _resident_peak_mb() -> float | None:
+    status = Path("/proc/self/status").read_text()
+    kilobytes = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return kilobytes / 1024 if kilobytes is not None else None
 
 
 class TinyLMTrainer(Trainer):
@@ -83,8 +141,9 @@ class TinyLMTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def train(settings: TrainSettings) -> TrainReport:
-    """Run `tinylm train`. Input problems raise ValueError/OSError before anything is written."""
+def train(settings: TrainSettings, callbacks: Sequence[TrainerCallback] = ()) -> TrainReport:
+    """Run `tinylm train`, with `callbacks` added to the Trainer's. Input problems raise ValueError/OSError before
+    anything is written."""
     s = settings
     output = Path(s.output)
     checkpoint_dir = Path(s.checkpoint_dir) if s.checkpoint_dir else default_checkpoint_dir(output)
@@ -107,7 +166,7 @@ def train(settings: TrainSettings) -> TrainReport:
             _clear_old_checkpoints(checkpoint_dir, s.overwrite)
         raw = data_lib.load_text_dataset(files, s.dataset, s.dataset_config, s.dataset_split, s.text_column)
         vocab_size = s.vocab_size or base_config.vocab_size
-        tokenizer, tokenizer_note = _tokenizer(
+        tokenizer, tokenizer_note = make_tokenizer(
             s.tokenizer, s.model, raw, checkpoint_dir, resume_from, args.should_save, vocab_size, s.show_progress
         )
         block_size = _block_size(s.block_size, base_config)
@@ -134,6 +193,9 @@ def train(settings: TrainSettings) -> TrainReport:
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TrainingProgress(bar=s.show_progress, log=not s.quiet))
+    meter = TrainingMeter()
+    for callback in (meter, *callbacks):
+        trainer.add_callback(callback)
     with library_output(progress=False, quiet=s.quiet):  # no saving bars nested in the training bar
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         final = _final_evaluation(trainer)
@@ -147,6 +209,8 @@ def train(settings: TrainSettings) -> TrainReport:
         perplexity_before=next(e["eval_perplexity"] for e in history if "eval_perplexity" in e),
         perplexity_after=final["eval_perplexity"],
         log_history=history,
+        train_tokens_per_second=meter.tokens_per_second,
+        peak_memory_mb=meter.peak_memory_mb,
     )
     facts = dict(
         base=base_name,
@@ -282,8 +346,8 @@ def _clear_old_checkpoints(checkpoint_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(checkpoint_dir)
 
 
-def _tokenizer(kind: str, model: str | None, raw, checkpoint_dir: Path, resume_from, is_main: bool, vocab_size: int,
-               progress: bool):
+def make_tokenizer(kind: str, model: str | None, raw, checkpoint_dir: Path, resume_from, is_main: bool,
+                   vocab_size: int, progress: bool):
     """The tokenizer and a one-line description of it for the model card: `kind` (a folder, or one of
     `TOKENIZER_KINDS` for a new one of `vocab_size` tokens, byte-level when that is at most 257), or the tokenizer
     of the `model` folder being fine-tuned."""
@@ -307,7 +371,8 @@ def _tokenizer(kind: str, model: str | None, raw, checkpoint_dir: Path, resume_f
             tokenizer = byte_level_tokenizer()
         else:
             tokenizer = train_bpe_tokenizer(data_lib.iter_texts(raw), vocab_size, show_progress=progress)
-        tokenizer.save_pretrained(str(saved))
+        with atomic_output_folder(saved, overwrite=True) as staging:
+            tokenizer.save_pretrained(str(staging))
     if len(tokenizer) == BYTE_VOCAB_SIZE:
         return tokenizer, "byte-level (256 bytes + `<|endoftext|>`)"
     return tokenizer, f"byte-level BPE with {len(tokenizer)} tokens, trained on the training data"
@@ -382,7 +447,7 @@ def _training_arguments(s: TrainSettings, checkpoint_dir: Path, fine_tuning: boo
         dataloader_num_workers=s.dataloader_workers,
         disable_tqdm=not s.show_progress,
         dataloader_pin_memory=torch.cuda.is_available(),
-        report_to="none",
+        report_to=s.report_to,
     )
 
 
@@ -412,8 +477,10 @@ def _save_output(trainer: Trainer, tokenizer, report: TrainReport, facts: dict, 
             trainer.state.save_to_json(str(staging / "trainer_state.json"))
             results = dict(train_loss=report.train_loss, steps=report.steps, tokens_seen=report.tokens_seen,
                            perplexity_before=report.perplexity_before, perplexity_after=report.perplexity_after,
-                           train_runtime=facts["runtime"])
+                           train_runtime=facts["runtime"], train_tokens_per_second=report.train_tokens_per_second,
+                           peak_memory_mb=report.peak_memory_mb)
             (staging / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+            plot_training_curves(report.log_history, staging / CURVES_FILE, report.output.name)
             _model_card(model, report, facts, report.output.name).save(str(staging / "README.md"))
     trainer.accelerator.wait_for_everyone()
 
@@ -456,5 +523,6 @@ def _model_card(model, report: TrainReport, facts: dict, name: str):
         perplexity_before=f"{report.perplexity_before:.2f}",
         perplexity_after=f"{report.perplexity_after:.2f}",
         runtime=f"{facts['runtime']:.0f} s" if facts["runtime"] is not None else "n/a",
+        curves=CURVES_FILE,
         hardware=hardware,
     )
