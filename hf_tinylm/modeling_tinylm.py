@@ -505,8 +505,10 @@ class TinyLMModel(TinyLMPreTrainedModel):
             )
         elif positions == "rotary":
             self.rotary_emb = TinyLMRotaryEmbedding(config)
-        else:
+        elif positions == "alibi":
             self.alibi = TinyLMALiBi(config.num_attention_heads)
+        else:  # the config refuses unknown schemes; one set after construction must not become ALiBi
+            raise ValueError(f"Unknown position_embedding_type {positions!r}.")
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.layers = nn.ModuleList(TinyLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         # Post-norm blocks already end in a norm; pre-norm stacks need one before the head.

@@ -63,6 +63,10 @@ def test_config_edited_into_inconsistency_is_refused_when_the_model_is_built():
     config.num_key_value_heads = 3
     with pytest.raises(ValueError, match="divisible by `num_key_value_heads`"):
         TinyLMForCausalLM(config)
+    config = tiny_config()
+    config.position_embedding_type = "xpos"  # an unknown scheme is refused, not built as some other one
+    with pytest.raises(ValueError, match="`position_embedding_type` must be one of"):
+        TinyLMForCausalLM(config)
 
 
 def test_flash_attention_is_refused_for_alibi():
