@@ -284,13 +284,6 @@ class TinyLMAttention(nn.Module):
 # ----------------------------------------------------------------------------------------------- MLP
 
 
-def build_activation(name: str) -> nn.Module:
-    """The activation `name` names in `ACT2FN`. GPT-2's `gelu_new` (the tanh approximation of GELU) runs as
-    PyTorch's fused tanh GELU: the same function (to fp32 rounding), one kernel instead of eight element-wise
-    passes, and one tensor kept for the backward instead of several."""
-    return ACT2FN["gelu_pytorch_tanh" if name == "gelu_new" else name]
-
-
 class TinyLMMLP(nn.Module):
     """GPT-2's two-layer MLP, `down(act(up(x)))`."""
 
@@ -298,7 +291,7 @@ class TinyLMMLP(nn.Module):
         super().__init__()
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = TinyLMResidualProjection(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
-        self.act_fn = build_activation(config.hidden_act)
+        self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.up_proj(x)))
@@ -312,7 +305,7 @@ class TinyLMGatedMLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = TinyLMResidualProjection(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
-        self.act_fn = build_activation(config.hidden_act)
+        self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
