@@ -2,6 +2,7 @@
 variants' model folders; resume; parameter matching."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -132,12 +133,14 @@ def test_resume_trains_only_the_variant_that_did_not_finish(comparison, shakespe
 
 def test_ctrl_c_during_a_variant_exits_130_and_leaves_only_the_finished_variants(shakespeare, tmp_path):
     output = tmp_path / "positions"
+    # Its own process group, which gets the SIGINT as a terminal's Ctrl-C delivers it: to every process of the job.
     process = subprocess.Popen([sys.executable, "-m", "hf_tinylm", *compare_argv(shakespeare, output)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=offline_env())
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=offline_env(),
+                               start_new_session=True)
     for line in process.stdout:
         if line.startswith("[2/3] rotary  step"):  # the second variant is training
             break
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1] == "tinylm: interrupted"
