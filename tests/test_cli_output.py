@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from cli_helpers import TINY_TRAIN_ARGS, make_tiny_model, run_cli
+from cli_helpers import TINY_OVERRIDES, TINY_TRAIN_ARGS, make_tiny_model, run_cli
 from hf_tinylm import TinyLMConfig
 from hf_tinylm.cli import main
 from hf_tinylm.training.train import _base_config
@@ -35,6 +35,16 @@ def test_no_progress_prints_no_bars_and_one_readable_line_per_log_step(corpus, t
     assert sum(bool(STEP_LINE.match(line)) for line in lines) == 4, done.stdout
     assert sum(bool(EVAL_LINE.match(line)) for line in lines) == 3, done.stdout  # before, at step 2, at step 4
     assert "\r" not in done.stdout and "{" not in done.stdout
+
+
+def test_output_to_a_pipe_has_no_empty_lines_from_progress_bars(corpus, tmp_path):
+    """Without --no-progress, bars that only a terminal shows leave nothing in a log (the BPE trainer's printed
+    empty lines)."""
+    done = run_cli("train", "--data", str(corpus), "--preset", "tiny", "--config-overrides", TINY_OVERRIDES,
+                   "--tokenizer", "bpe", "--vocab-size", "300", "--block-size", "32", "--batch-size", "4",
+                   "--max-steps", "2", "--validation-split", "0.001", "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "" not in done.stdout.splitlines(), done.stdout
 
 
 def test_the_final_evaluation_runs_once_when_eval_steps_divides_max_steps(corpus, tmp_path):
