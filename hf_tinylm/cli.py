@@ -6,11 +6,13 @@ argparse usage errors exit with 2 and Ctrl-C with 130.
 """
 
 import argparse
+import gc
 import importlib
 import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from importlib.metadata import PackageNotFoundError, version
@@ -37,13 +39,11 @@ def main(argv: list[str] | None = None) -> int:
                       else nullcontext())
             with output:
                 result = command.run(settings)
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as error:
+            return _interrupted(error)
         except (ValueError, OSError) as error:
             if interrupted:  # a library turned the KeyboardInterrupt into an error of its own
-                print(f"{PROG}: interrupted", file=sys.stderr)
-                return 130
+                return _interrupted(error)
             print(f"{PROG}: error: {error}", file=sys.stderr)
             return 1
     return result
@@ -74,6 +74,22 @@ def _version() -> str:
         return version("hf-tinylm")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _interrupted(error: BaseException) -> int:
+    """Report Ctrl-C in one line. Objects whose construction the interrupt cut short (a progress bar half-built,
+    say) are freed here first with their destructors' errors dropped: otherwise they print a traceback at exit."""
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        while error is not None:  # the KeyboardInterrupt may be the context of a library's own error
+            traceback.clear_frames(error.__traceback__)
+            error = error.__cause__ or error.__context__
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous_hook
+    print(f"{PROG}: interrupted", file=sys.stderr)
+    return 130
 
 
 @contextmanager

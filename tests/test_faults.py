@@ -401,6 +401,45 @@ def test_sigint_to_a_real_convert_process_exits_130_with_one_line_and_keeps_the_
     assert_old_output_intact(old_output)
 
 
+
+HALF_BUILT_OBJECT = """
+import os
+import signal
+import sys
+from hf_tinylm.cli import main
+from hf_tinylm.commands import info
+
+
+class HalfBuilt:  # as a progress bar whose __init__ a SIGINT cuts short: its __del__ then fails
+    def __init__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        self.ready = True
+
+    def __del__(self):
+        self.ready
+
+
+def run(settings):
+    try:
+        HalfBuilt()
+    except KeyboardInterrupt as interrupt:
+        if sys.argv[1] == "library-error":  # a library turning Ctrl-C into an error of its own
+            raise OSError("storage read failed") from interrupt
+        raise
+
+
+info.run = run
+sys.exit(main(["info", "tiny"]))
+"""
+
+
+@pytest.mark.parametrize("how", ["keyboard-interrupt", "library-error"])
+def test_ctrl_c_cutting_an_object_short_still_prints_one_line_not_its_destructors_traceback(how):
+    result = subprocess.run(
+        [sys.executable, "-c", HALF_BUILT_OBJECT, how], capture_output=True, text=True, env=offline_env()
+    )
+    assert (result.returncode, result.stderr, result.stdout) == (130, "tinylm: interrupted\n", "")
+
 TRAIN_STEPS = {
     "training": (Trainer, "training_step"),
     "saving_weights": (TinyLMForCausalLM, "save_pretrained"),
