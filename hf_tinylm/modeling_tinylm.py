@@ -194,6 +194,10 @@ def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
     return expanded.reshape(batch, kv_heads * n_rep, length, head_dim)
 
 
+# The attention implementations that add the `position_bias` kwarg (ALiBi's) to the scores.
+ATTENTION_WITH_POSITION_BIAS = ("eager", "sdpa", "flex_attention")
+
+
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -254,7 +258,7 @@ class TinyLMAttention(nn.Module):
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
-        query, key, value = self.qkv_proj(hidden_states).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        query, key, value = self.qkv_proj(hidden_states).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         query = query.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         key = key.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         value = value.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, K, T, D)
@@ -461,6 +465,27 @@ class TinyLMPreTrainedModel(PreTrainedModel):
         config.validate_architecture()  # the fields may have been edited since the config was built
         super().__init__(config, *inputs, **kwargs)
 
+    # ALiBi reaches the attention kernel as the `position_bias` kwarg. Transformers' eager, sdpa and flex kernels add
+    # it; any other (flash, the attention backends of serving engines such as vLLM and SGLang) drops it, and the
+    # model would silently run without positions. These hooks run whenever an implementation is chosen: at
+    # construction (serving engines set theirs in the config first) and in `set_attn_implementation`.
+    def _check_and_adjust_attn_implementation(self, attn_implementation, is_init_check=False, **kwargs) -> str:
+        implementation = super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, **kwargs)
+        self._refuse_attention_without_position_bias(implementation)
+        return implementation
+
+    def get_correct_attn_implementation(self, requested_attention, is_init_check=False) -> str:
+        implementation = super().get_correct_attn_implementation(requested_attention, is_init_check)
+        self._refuse_attention_without_position_bias(implementation)
+        return implementation
+
+    def _refuse_attention_without_position_bias(self, implementation: str) -> None:
+        if self.config.position_embedding_type == "alibi" and implementation not in ATTENTION_WITH_POSITION_BIAS:
+            raise ValueError(
+                f"attn_implementation={implementation!r} cannot add ALiBi's attention bias (`position_bias`), so this "
+                "ALiBi model would run without positions. Use 'sdpa' (the default), 'eager' or 'flex_attention'."
+            )
+
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2's initialisation: N(0, initializer_range) everywhere, and the projections that write into the
         residual stream scaled by 1/sqrt(2 * layers) ("a modified initialization which accounts for the
@@ -660,11 +685,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
         return (torch.arange(length, device=device) + past_length)[None]
 
     def _alibi_bias(self, cache, past, position_ids, batch, length, dtype) -> torch.Tensor:
-        if "flash" in self.config._attn_implementation:
-            raise ValueError(
-                f"attn_implementation={self.config._attn_implementation!r} cannot add ALiBi's attention bias. "
-                "Use 'sdpa' (the default), 'eager' or 'flex_attention' for ALiBi models."
-            )
+        self._refuse_attention_without_position_bias(self.config._attn_implementation)  # the config may be edited
         if isinstance(cache, PagedAttentionCache):
             raise ValueError(
                 "Continuous batching (`generate_batch`, `transformers serve`) packs requests into one sequence, and "

@@ -72,7 +72,7 @@ def test_config_edited_into_inconsistency_is_refused_when_the_model_is_built():
 def test_flash_attention_is_refused_for_alibi():
     model = build(tiny_config(position_embedding_type="alibi"))
     model.config._attn_implementation = "flash_attention_2"  # not installable here; the check comes first
-    with pytest.raises(ValueError, match="cannot add ALiBi's attention bias. Use 'sdpa'"):
+    with pytest.raises(ValueError, match="cannot add ALiBi's attention bias"):
         model(torch.randint(1, 64, (1, 5)))
 
 

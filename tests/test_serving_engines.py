@@ -1,0 +1,67 @@
+"""Serving engines (vLLM's and SGLang's Transformers backends) register an attention function of their own, set it in
+the config before building the model, and pass it only q, k, v, the mask and the scaling: extra kwargs are dropped.
+ALiBi reaches attention as such a kwarg (`position_bias`), so under such a backend an ALiBi model is refused where
+the implementation is chosen, instead of running without positions. Here the backend is a stand-in written the same
+way (vLLM and SGLang themselves do not install on these machines)."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from hf_tinylm import TinyLMForCausalLM, TinyLMPreTrainedModel
+from tinylm_testing import VOCAB, build, tiny_config
+
+BACKEND = "engine_backend"
+
+
+def engine_attention(module, query, key, value, attention_mask, scaling=None, **dropped):
+    """As an engine's attention function: the projections' q, k, v and the scaling, every other kwarg dropped."""
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling)
+
+
+@pytest.fixture
+def engine_backend():
+    ALL_ATTENTION_FUNCTIONS.register(BACKEND, engine_attention)
+    yield BACKEND
+    del ALL_ATTENTION_FUNCTIONS._global_mapping[BACKEND]
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rotary"])
+def test_variants_without_an_attention_bias_give_the_same_logits_under_an_engine_backend(positions, engine_backend):
+    model = build(tiny_config(position_embedding_type=positions))
+    ids = torch.randint(1, VOCAB, (2, 9))
+    with torch.no_grad():
+        expected = model(ids).logits
+        model.set_attn_implementation(engine_backend)
+        assert model.config._attn_implementation == engine_backend
+        torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_alibi_under_an_engine_backend_would_silently_lose_its_positions(engine_backend, monkeypatch):
+    """The damage the refusal prevents: with the check switched off, the backend drops the bias without an error."""
+    model = build(tiny_config(position_embedding_type="alibi"))
+    ids = torch.randint(1, VOCAB, (1, 9))
+    with torch.no_grad():
+        expected = model(ids).logits
+        monkeypatch.setattr(TinyLMPreTrainedModel, "_refuse_attention_without_position_bias", lambda self, name: None)
+        model.set_attn_implementation(engine_backend)
+        assert (model(ids).logits - expected).abs().max() > 1e-2  # a thousand times the tolerance of agreement
+
+
+def test_alibi_under_an_engine_backend_is_refused_where_the_backend_is_chosen(engine_backend, tmp_path):
+    model = build(tiny_config(position_embedding_type="alibi"))
+    refusal = "cannot add ALiBi's attention bias"
+    with pytest.raises(ValueError, match=refusal):  # switched at run time
+        model.set_attn_implementation(engine_backend)
+    config = tiny_config(position_embedding_type="alibi")
+    config._attn_implementation = engine_backend  # how the engines build the model
+    with pytest.raises(ValueError, match=refusal):
+        TinyLMForCausalLM(config)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=refusal):
+        AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=engine_backend)
+    model.config._attn_implementation_internal = engine_backend  # set behind the hooks' back: refused when run
+    with pytest.raises(ValueError, match=refusal):
+        model(torch.randint(1, VOCAB, (1, 9)))
