@@ -589,11 +589,15 @@ class TinyLMModel(TinyLMPreTrainedModel):
         hidden_states = inputs_embeds
         position_embeddings = None
         if self.embed_positions is not None:
-            # Generated positions stay below the count of cached and new tokens (for a static cache, its length).
-            bound = (past + length if isinstance(past, int) else cache.get_max_length()) if decoding else None
-            _check_positions_fit(position_ids, self.config.max_position_embeddings,
-                                 self.config.position_embedding_type, bound)
-            hidden_states = hidden_states + self.embed_positions(position_ids).to(hidden_states.dtype)
+            # Under pipeline parallelism (Transformers', vLLM's, SGLang's) a stage's missing layers are identity
+            # stand-ins and later stages get hidden states as `inputs_embeds`: the stage that runs the first layer
+            # adds the positions, once.
+            if not isinstance(self.layers[0], nn.Identity):
+                # Generated positions stay below the count of cached and new tokens (a static cache: its length).
+                bound = (past + length if isinstance(past, int) else cache.get_max_length()) if decoding else None
+                _check_positions_fit(position_ids, self.config.max_position_embeddings,
+                                     self.config.position_embedding_type, bound)
+                hidden_states = hidden_states + self.embed_positions(position_ids).to(hidden_states.dtype)
         elif self.rotary_emb is not None:
             position_embeddings = self.rotary_emb(hidden_states, position_ids)
         else:

@@ -1,12 +1,17 @@
-"""Serving engines (vLLM's and SGLang's Transformers backends) register an attention function of their own, set it in
-the config before building the model, and pass it only q, k, v, the mask and the scaling: extra kwargs are dropped.
-ALiBi reaches attention as such a kwarg (`position_bias`), so under such a backend an ALiBi model is refused where
-the implementation is chosen, instead of running without positions. Here the backend is a stand-in written the same
-way (vLLM and SGLang themselves do not install on these machines)."""
+"""What serving engines (vLLM's and SGLang's Transformers backends) and pipeline parallelism do to a model.
+
+The engines register an attention function of their own, set it in the config before building the model, and pass it
+only q, k, v, the mask and the scaling: extra kwargs are dropped. ALiBi reaches attention as such a kwarg
+(`position_bias`), so under such a backend an ALiBi model is refused where the implementation is chosen, instead of
+running without positions. The backend here is a stand-in written the same way (vLLM and SGLang themselves do not
+install on these machines). Pipeline stages are built as Transformers' own pipeline parallelism builds them."""
+
+import copy
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from transformers.distributed.pipeline_parallel import PipelineIdentityLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -65,3 +70,19 @@ def test_alibi_under_an_engine_backend_is_refused_where_the_backend_is_chosen(en
     model.config._attn_implementation_internal = engine_backend  # set behind the hooks' back: refused when run
     with pytest.raises(ValueError, match=refusal):
         model(torch.randint(1, VOCAB, (1, 9)))
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rotary", "alibi"])
+def test_two_pipeline_stages_give_the_hidden_states_of_the_whole_model(positions):
+    """As Transformers', vLLM's and SGLang's pipeline parallelism runs a model: each stage holds some layers, the
+    others are identity stand-ins, and the second stage gets the first one's hidden states as `inputs_embeds`.
+    Absolute positions must be added once, not again on the second stage."""
+    model = build(tiny_config(position_embedding_type=positions)).model
+    first, second = copy.deepcopy(model), copy.deepcopy(model)
+    first.layers[1], first.norm = PipelineIdentityLayer(), PipelineIdentityLayer()
+    second.layers[0], second.embed_tokens = PipelineIdentityLayer(), PipelineIdentityLayer()
+    ids = torch.randint(1, VOCAB, (2, 9))
+    with torch.no_grad():
+        hidden = first(ids, use_cache=False).last_hidden_state
+        staged = second(inputs_embeds=hidden, use_cache=False).last_hidden_state
+        torch.testing.assert_close(staged, model(ids, use_cache=False).last_hidden_state, rtol=0, atol=1e-6)
