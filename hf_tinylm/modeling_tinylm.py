@@ -33,7 +33,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.generic import is_flash_attention_requested, merge_with_config_defaults
 from transformers.utils.import_utils import is_torchdynamo_compiling
 from transformers.utils.output_capturing import capture_outputs
 
@@ -194,7 +194,8 @@ def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
     return expanded.reshape(batch, kv_heads * n_rep, length, head_dim)
 
 
-# The attention implementations that add the `position_bias` kwarg (ALiBi's) to the scores.
+# Transformers' attention kernels that add the `position_bias` kwarg (ALiBi's) to the scores. They and flash also
+# honour a sliding window (through the mask, or the `sliding_window` kwarg).
 ATTENTION_WITH_POSITION_BIAS = ("eager", "sdpa", "flex_attention")
 
 
@@ -465,25 +466,33 @@ class TinyLMPreTrainedModel(PreTrainedModel):
         config.validate_architecture()  # the fields may have been edited since the config was built
         super().__init__(config, *inputs, **kwargs)
 
-    # ALiBi reaches the attention kernel as the `position_bias` kwarg. Transformers' eager, sdpa and flex kernels add
-    # it; any other (flash, the attention backends of serving engines such as vLLM and SGLang) drops it, and the
-    # model would silently run without positions. These hooks run whenever an implementation is chosen: at
-    # construction (serving engines set theirs in the config first) and in `set_attn_implementation`.
+    # Serving engines' attention backends (vLLM's, SGLang's) set their implementation in the config before building
+    # the model and take only q, k, v and the scaling: ALiBi's `position_bias` and the `sliding_window` kwarg are
+    # dropped, and the model would silently run without positions or with full attention. Flash cannot add a bias
+    # either. These hooks run whenever an implementation is chosen: at construction and in `set_attn_implementation`.
     def _check_and_adjust_attn_implementation(self, attn_implementation, is_init_check=False, **kwargs) -> str:
         implementation = super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, **kwargs)
-        self._refuse_attention_without_position_bias(implementation)
+        self._refuse_attention_that_changes_the_math(implementation)
         return implementation
 
     def get_correct_attn_implementation(self, requested_attention, is_init_check=False) -> str:
         implementation = super().get_correct_attn_implementation(requested_attention, is_init_check)
-        self._refuse_attention_without_position_bias(implementation)
+        self._refuse_attention_that_changes_the_math(implementation)
         return implementation
 
-    def _refuse_attention_without_position_bias(self, implementation: str) -> None:
-        if self.config.position_embedding_type == "alibi" and implementation not in ATTENTION_WITH_POSITION_BIAS:
+    def _refuse_attention_that_changes_the_math(self, implementation: str) -> None:
+        adds_bias = implementation in ATTENTION_WITH_POSITION_BIAS
+        if self.config.position_embedding_type == "alibi" and not adds_bias:
             raise ValueError(
                 f"attn_implementation={implementation!r} cannot add ALiBi's attention bias (`position_bias`), so this "
                 "ALiBi model would run without positions. Use 'sdpa' (the default), 'eager' or 'flex_attention'."
+            )
+        flash = is_flash_attention_requested(requested_attention_implementation=implementation)
+        if self.config.sliding_window and not (adds_bias or flash):
+            raise ValueError(
+                f"attn_implementation={implementation!r} ignores the sliding window (sliding_window="
+                f"{self.config.sliding_window}), so every token would attend to all earlier ones. Use 'sdpa' (the "
+                "default), 'eager', 'flex_attention' or a flash attention kernel."
             )
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -689,7 +698,7 @@ class TinyLMModel(TinyLMPreTrainedModel):
         return (torch.arange(length, device=device) + past_length)[None]
 
     def _alibi_bias(self, cache, past, position_ids, batch, length, dtype) -> torch.Tensor:
-        self._refuse_attention_without_position_bias(self.config._attn_implementation)  # the config may be edited
+        self._refuse_attention_that_changes_the_math(self.config._attn_implementation)  # the config may be edited
         if isinstance(cache, PagedAttentionCache):
             raise ValueError(
                 "Continuous batching (`generate_batch`, `transformers serve`) packs requests into one sequence, and "
