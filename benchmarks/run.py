@@ -40,7 +40,9 @@ from transformers import (
 from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-TASKS = ["train", "train-ckpt", "train-compiled", "prefill", "decode", "decode-static", "load"]
+TASKS = ["train", "train-ckpt", "train-compiled", "prefill", "decode", "decode-static", "load", "train-command"]
+# Real text for `train-command`, where a checkout has the shared data beside it; else generated words.
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare"
 
 # name -> (TinyLM config, reference family). Full: the real shapes; quick: the same families, tiny.
 PAIRS = {
@@ -57,10 +59,11 @@ QUICK_PAIRS = {
 }
 # train_memory: a second, larger training shape for peak memory only, where the (tokens x vocabulary) logits weigh more.
 FULL = dict(prefill=[(4, 512), (1, 1024)], train=(4, 256), train_memory=(8, 512), decode_batches=[1, 8],
-            prompt=32, new_tokens=128, rounds=dict(prefill=10, train=8, decode=5, load=8), matmul_size=2048,
-            stream_shape=(4096, 8192))
+            prompt=32, new_tokens=128, rounds=dict(prefill=10, train=8, decode=5, load=8, command=3), matmul_size=2048,
+            stream_shape=(4096, 8192), train_command=dict(preset="small", steps=60, batch=8, block=128))
 QUICK = dict(prefill=[(2, 32)], train=(2, 32), train_memory=None, decode_batches=[1, 2], prompt=8, new_tokens=8,
-             rounds=dict(prefill=2, train=2, decode=2, load=2), matmul_size=256, stream_shape=(512, 1024))
+             rounds=dict(prefill=2, train=2, decode=2, load=2, command=2), matmul_size=256, stream_shape=(512, 1024),
+             train_command=dict(preset="tiny", steps=2, batch=2, block=16))
 
 # The issue's targets, as TinyLM / reference throughput (load: time, memory: peak, both "TinyLM no worse").
 DECODE_GOALS = {("gpt2", "fp32"): 1.1, ("gpt2", "bf16"): 1.3, ("tiny", "fp32"): 1.5, ("tiny", "bf16"): 1.5}
@@ -335,6 +338,71 @@ def time_pair(pair: str, dtype: str, device: str, settings: dict, machine: dict,
     return rows
 
 
+def time_train_command(settings: dict, corpus: Path | None) -> dict:
+    """`tinylm train` end to end (data, tokenizer, the Trainer with TinyLM's callbacks, held-out evaluation before and
+    after, the saved folder with its card and curves) against the same work as a plain `Trainer` script: the same
+    blocks, model, arguments, evaluations and saved weights. Ratio > 1: `tinylm train` takes less time."""
+    import datasets
+    from transformers import PrinterCallback, Trainer, TrainingArguments, default_data_collator
+
+    from hf_tinylm.training import data as data_lib
+    from hf_tinylm.training.settings import TrainSettings
+    from hf_tinylm.training.tokenizer import byte_level_tokenizer
+    from hf_tinylm.training.train import train
+
+    datasets.disable_progress_bars()  # as `tinylm train --quiet` does
+    job = settings["train_command"]
+    source = str(corpus) if corpus else "generated words"
+    with tempfile.TemporaryDirectory() as tmp:
+        if corpus is None:  # the same work for both sides, whatever the words say
+            corpus = Path(tmp) / "corpus.txt"
+            words = [f"word{i % 97}" for i in range(job["steps"] * job["batch"] * job["block"])]
+            corpus.write_text("\n".join(" ".join(words[i:i + 12]) for i in range(0, len(words), 12)))
+        command = TrainSettings(data=[str(corpus)], preset=job["preset"], tokenizer="byte", block_size=job["block"],
+                                batch_size=job["batch"], max_steps=job["steps"], save_steps=0, progress=False,
+                                quiet=True, output=Path(tmp) / "command", overwrite=True)
+
+        def tinylm_train():
+            train(command)
+
+        def plain_trainer():
+            tokenizer = byte_level_tokenizer()
+            raw = data_lib.load_text_dataset(data_lib.resolve_data_files([str(corpus)], command.glob))
+            blocks = data_lib.tokenize_and_pack(raw, tokenizer, job["block"])
+            train_blocks, held_out = data_lib.split_blocks(blocks, command.validation_split)
+            transformers.set_seed(command.seed)
+            special = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id)
+            config = TinyLMConfig.from_preset(job["preset"], vocab_size=len(tokenizer), **special)
+            args = TrainingArguments(
+                output_dir=str(Path(tmp) / "plain-checkpoints"), per_device_train_batch_size=job["batch"],
+                learning_rate=5e-4, max_steps=job["steps"], logging_steps=command.logging_steps, save_strategy="no",
+                seed=command.seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=True, report_to=[],
+            )
+            trainer = Trainer(model=TinyLMForCausalLM(config), args=args, train_dataset=train_blocks,
+                              eval_dataset=held_out, data_collator=default_data_collator, processing_class=tokenizer)
+            trainer.remove_callback(PrinterCallback)  # as `tinylm train --quiet`: no log lines
+            trainer.evaluate()
+            trainer.train()
+            trainer.evaluate()
+            trainer.save_model(str(Path(tmp) / "plain"))
+
+        times = interleaved({"tinylm": tinylm_train, "reference": plain_trainer}, settings["rounds"]["command"],
+                            lambda: None, warmup=1)
+    units = job["steps"] * job["batch"] * job["block"]
+    ratios = [r / t for t, r in zip(times["tinylm"], times["reference"])]
+    row = dict(pair=job["preset"], dtype="fp32", task="train-command", shape=[job["batch"], job["block"], job["steps"]],
+               goal=1.0, ratio=summary(ratios), corpus=source)
+    for name in ("tinylm", "reference"):
+        row[name] = summary([units / t for t in times[name]])
+        row[name]["warmup_seconds"] = times[f"warmup:{name}"][0]
+    row["met"] = row["ratio"]["median"] >= row["goal"]
+    ratio = row["ratio"]
+    print(f"{row['pair']:5} fp32 train-command  ratio {ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
+          flush=True)
+    return row
+
+
 def peak_memory(pair: str, dtype: str, device: str, quick: bool, settings: dict) -> list[dict]:
     """Peak memory of each side and task, each in its own process (see `probe`)."""
     rows = []
@@ -418,7 +486,8 @@ def markdown(report: dict) -> str:
         "",
         "Throughput medians in tokens/s (load: seconds); ratio = TinyLM / reference throughput per interleaved "
         "round, median (min-max); roofline = the median as a fraction of the machine's bound; warm-up = the "
-        "untimed first calls (compilation for decode-static and train-compiled).",
+        "untimed first calls (compilation for decode-static and train-compiled). train-command: `tinylm train` end "
+        "to end against a plain `Trainer` script doing the same work (reference), tokens/s of the whole run.",
         "",
         "| pair | dtype | task | shape | TinyLM | reference | ratio | goal | roofline TinyLM / ref | warm-up s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -474,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in args.dtypes:
             report["speed"] += time_pair(pair, dtype, args.device, settings, machine, args.quick)
             report["memory"] += peak_memory(pair, dtype, args.device, args.quick, settings)
+    if "train-command" in args.tasks:
+        report["speed"].append(time_train_command(settings, CORPUS if CORPUS.is_dir() and not args.quick else None))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.device}.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / f"{args.device}.md").write_text(markdown(report))
