@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from transformers import GenerationConfig, TextStreamer, pipeline, set_seed
+from transformers import CompileConfig, GenerationConfig, TextStreamer, pipeline, set_seed
 
 from .flags import non_negative_int, option, positive_float, positive_int, probability
 from .model_folder import check_tinylm_checkpoint, read_tinylm_config
@@ -34,6 +34,9 @@ class GenerateOptions(OutputOptions):
                                         help=f"default: the generation config's, else {DEFAULT_MAX_NEW_TOKENS}")
     seed: int | None = option(None, type=int, help="seed for sampling, for reproducible output")
     stream: bool = option(True, flags=("--no-stream",), help="print the text once it is complete")
+    compile: bool = option(False, help="decode with a static cache and a compiled forward (torch.compile, inductor): "
+                                       "faster per token once compiled, which takes tens of seconds on CPU; pays "
+                                       "on long outputs (see the README's Performance section)")
 
 
 @dataclass(kw_only=True)
@@ -62,6 +65,11 @@ def generation_kwargs(options: GenerateOptions, max_new_tokens: int) -> dict:
         kwargs["num_beams"] = options.num_beams
     if options.repetition_penalty is not None:
         kwargs["repetition_penalty"] = options.repetition_penalty
+    if options.compile:
+        compile_config = CompileConfig(fullgraph=True)
+        # `generate` compiles on CUDA only, unless told otherwise by this switch of Transformers' (which its tests use).
+        compile_config._compile_all_devices = True
+        kwargs.update(cache_implementation="static", compile_config=compile_config)
     return kwargs
 
 

@@ -43,6 +43,14 @@ def test_generate_prints_what_pipeline_returns(model_dir, capsys, flags, kwargs)
     assert len(expected) > len(PROMPT)
 
 
+def test_compile_decodes_through_a_compiled_static_cache_with_the_text_of_the_default_path(model_dir, capsys):
+    kwargs = generation_kwargs(GenerateOptions(compile=True), 5)
+    assert kwargs["cache_implementation"] == "static" and kwargs["compile_config"].fullgraph
+    code = main(["generate", str(model_dir), *PROMPT.split(), "--max-new-tokens", "20", "--greedy", "--compile"])
+    assert code == 0
+    assert capsys.readouterr().out == _pipeline_text(model_dir, max_new_tokens=20, do_sample=False) + "\n"
+
+
 def test_sampling_with_the_same_seed_repeats_and_another_seed_differs(model_dir):
     texts = [generate(model_dir, PROMPT, GenerateOptions(seed=s, sample=True, max_new_tokens=30), io.StringIO())
              for s in (1, 1, 2)]

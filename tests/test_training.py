@@ -199,6 +199,21 @@ def test_gradient_accumulation_and_checkpointing_keep_the_loss_curve(shared_data
     assert max(abs(a - b) for a, b in zip(plain, accumulated)) < 1e-5
 
 
+
+def test_compiled_training_follows_the_eager_loss_curve_and_saves_plain_weights(shared_data, tmp_path):
+    """`--compile` reaches the Trainer (inductor) without changing the maths, and the saved folder holds the model's
+    own weight names, not the compiled wrapper's."""
+    common = ["train", "--data", str(shared_data / "tinyshakespeare"), *TINY_TRAIN_ARGS, "--max-steps", "3",
+              "--logging-steps", "1", "--save-steps", "0"]
+    assert main([*common, "-o", str(tmp_path / "eager")]) == 0
+    assert main([*common, "--compile", "-o", str(tmp_path / "compiled")]) == 0
+    eager, compiled = train_losses(tmp_path / "eager"), train_losses(tmp_path / "compiled")
+    assert len(eager) == 3
+    assert max(abs(a - b) for a, b in zip(eager, compiled)) < 1e-4
+    assert weights(tmp_path / "compiled").keys() == weights(tmp_path / "eager").keys()
+    assert "| compiled | yes (torch.compile, inductor) |" in (tmp_path / "compiled" / "README.md").read_text()
+    assert "| compiled | no |" in (tmp_path / "eager" / "README.md").read_text()
+
 def test_bf16_mixed_precision_trains_and_saves_float32_weights(shared_data, tmp_path):
     assert main(["train", "--data", str(shared_data / "tinyshakespeare"), *TINY_TRAIN_ARGS, "--max-steps", "6",
                  "--logging-steps", "2", "--save-steps", "0", "--bf16", "-o", str(tmp_path / "bf16")]) == 0

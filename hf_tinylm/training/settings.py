@@ -95,6 +95,9 @@ class TrainSettings(OutputOptions):
     bf16: bool = option(False, group=OPTIMISATION, help="bfloat16 mixed precision")
     gradient_checkpointing: bool = option(False, group=OPTIMISATION,
                                           help="recompute activations in the backward pass to save memory")
+    compile: bool = option(False, group=OPTIMISATION,
+                           help="torch.compile the model (inductor): its compile time (minutes on CPU) pays back only "
+                                "on long runs; see the README's Performance section")
 
     output: Path = option(flags=("--output", "-o"), type=Path, metavar="FOLDER", group=OUTPUT,
                           help="the final model folder")
