@@ -474,7 +474,8 @@ def markdown(report: dict) -> str:
         + (f", {m['gpu']}" if m["gpu"] else f", {m['torch_threads']} threads"),
         "",
         f"torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}"
-        + (" — **quick mode: tiny shapes, not a measurement**" if report["quick"] else ""),
+        + (" — **quick mode: tiny shapes, not a measurement**" if report["quick"] else "")
+        + ("" if report["complete"] else " — **partial: the run was interrupted, these are the parts it finished**"),
         "",
         "| dtype | matmul GFLOP/s | weight streaming GB/s ((in, out) / (out, in) layout) |",
         "| --- | --- | --- |",
@@ -538,18 +539,24 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(QUICK if args.quick else FULL, tasks=args.tasks)
     machine = measure_machine(args.device, settings)
     report = dict(machine=describe_machine(args.device), quick=args.quick, settings=copy.deepcopy(settings),
-                  roofline=machine, speed=[], memory=[])
-    for pair in args.pairs:
+                  roofline=machine, speed=[], memory=[], complete=False)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for pair in args.pairs:  # the results so far are written after each part: an interrupted run keeps them
         for dtype in args.dtypes:
             report["speed"] += time_pair(pair, dtype, args.device, settings, machine, args.quick)
             report["memory"] += peak_memory(pair, dtype, args.device, args.quick, settings)
+            write_report(report, args.out, args.device)
     if "train-command" in args.tasks:
         report["speed"].append(time_train_command(settings, CORPUS if CORPUS.is_dir() and not args.quick else None))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.device}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / f"{args.device}.md").write_text(markdown(report))
+    report["complete"] = True
+    write_report(report, args.out, args.device)
     print(f"wrote {args.out / args.device}.json and .md")
     return 0
+
+
+def write_report(report: dict, out: Path, device: str) -> None:
+    (out / f"{device}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / f"{device}.md").write_text(markdown(report))
 
 
 if __name__ == "__main__":

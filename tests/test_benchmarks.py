@@ -26,7 +26,7 @@ def test_quick_benchmark_writes_every_measurement_as_json_and_a_markdown_table(t
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "cpu.json").read_text())
 
-    assert report["quick"] and report["machine"]["device"] == "cpu"
+    assert report["quick"] and report["complete"] and report["machine"]["device"] == "cpu"
     for roof in report["roofline"].values():
         assert roof["matmul_gflops"] > 0 and roof["stream_gbs"] > 0
     assert [row["task"] for row in report["speed"]] == [
