@@ -41,6 +41,22 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_tinylm import TinyLMConfig
 
+
+
+class SplitFusedQKV(Split):
+    """Transformers' `Split` on dim 0, refusing a tensor-parallel load: that reads each rank's rows of the fused
+    tensor as if it were `q_proj`, so the rank would get no whole q, k and v to cut."""
+
+    def convert(self, input_dict, source_patterns, target_patterns, full_layer_name, model, **kwargs):
+        if (getattr(model, "_tp_size", None) or 1) > 1:
+            raise ValueError(
+                "This folder stores the fused `self_attn.qkv_proj` of earlier TinyLM versions, which tensor "
+                "parallelism cannot split on load. Load it once in one process and save it again (`save_pretrained` "
+                "writes q_proj, k_proj and v_proj), then load that folder with tensor parallelism."
+            )
+        return super().convert(input_dict, source_patterns, target_patterns, full_layer_name, model, **kwargs)
+
+
 # Folders saved before q, k and v had a projection each store one fused `self_attn.qkv_proj` (rows [q; k; v]):
 # loading cuts it into the three, sized like the model's projections. Registered at import, so `trust_remote_code`
 # users get it too (and again when the module is imported twice); `save_pretrained` writes the new layout.
@@ -50,7 +66,7 @@ register_checkpoint_conversion_mapping(
         WeightConverter(
             source_patterns="self_attn.qkv_proj",
             target_patterns=["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-            operations=[Split(dim=0)],
+            operations=[SplitFusedQKV(dim=0)],
         )
     ],
     overwrite=True,
