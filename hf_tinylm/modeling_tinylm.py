@@ -561,13 +561,14 @@ class TinyLMPreTrainedModel(PreTrainedModel):
         for name, style in tp_plan.items():
             projection = name.rpartition(".")[2]
             if style == "colwise" and projection in heads and heads[projection] % tp_size:
+                whole_attention = {rule: "replicate" for rule in self.tp_plan
+                                   if rule.rpartition(".")[2] in ("q_proj", "k_proj", "v_proj", "o_proj")}
                 raise ValueError(
-                    f"Tensor parallelism splits attention by heads, but tp_size={tp_size} does not divide "
-                    f"num_attention_heads={self.config.num_attention_heads} and num_key_value_heads="
-                    f"{self.config.num_key_value_heads}. Use a tp_size that divides num_key_value_heads, or keep "
-                    "attention whole on every rank: `DistributedConfig(tp_size=..., tp_plan={"
-                    "'layers.*.self_attn.q_proj': 'replicate', 'layers.*.self_attn.k_proj': 'replicate', "
-                    "'layers.*.self_attn.v_proj': 'replicate', 'layers.*.self_attn.o_proj': 'replicate'})`."
+                    f"Tensor parallelism splits attention by heads, so tp_size={tp_size} must divide "
+                    f"num_key_value_heads={self.config.num_key_value_heads} (and num_attention_heads="
+                    f"{self.config.num_attention_heads}). Use a tp_size that divides num_key_value_heads, or keep "
+                    f"attention whole on every rank (the MLP stays split): `DistributedConfig(tp_size={tp_size}, "
+                    f"tp_plan={whole_attention})`."
                 )
         return (tp_plan, *other_plans)
 

@@ -1,6 +1,7 @@
 """One rank of `tests/test_tensor_parallel.py`, launched by `torchrun --nproc_per_node 2` on CPU (gloo).
 
-For each model folder given, it loads the folder with Transformers' tensor parallelism, runs the folder's saved
+For each model folder given, it loads the folder with Transformers' tensor parallelism (with the rules of
+`<folder>/tp_plan.json` overriding the model's plan, if there is one), runs the folder's saved
 inputs (a forward with and without autograd, and greedy generation) and writes what it measured to
 `<folder>/tp_rank<rank>.json`: the largest differences from the single-process reference the test saved in
 `<folder>/reference.pt`, and the local and full shapes of the parameters. The test makes the assertions.
@@ -37,8 +38,11 @@ def largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def measure(folder: Path) -> dict:
     reference = torch.load(folder / "reference.pt")
+    plan_file = folder / "tp_plan.json"  # rules overriding the model's plan, if the test gives any
+    tp_plan = json.loads(plan_file.read_text()) if plan_file.exists() else None
     try:
-        model = TinyLMForCausalLM.from_pretrained(folder, distributed_config=DistributedConfig(tp_size=2)).eval()
+        distributed = DistributedConfig(tp_size=2, tp_plan=tp_plan)
+        model = TinyLMForCausalLM.from_pretrained(folder, distributed_config=distributed).eval()
     except (ValueError, RuntimeError) as error:  # a conversion error is raised after the load report is logged
         return {"error": str(error)}
     parameters = dict(model.named_parameters(remove_duplicate=False))
