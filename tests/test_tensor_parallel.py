@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import torch
 
 from cli_helpers import offline_env
 from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
+from tinylm_testing import save_in_fused_qkv_layout
 
 # The fix the refusal of an indivisible head count names: attention kept whole on every rank, the MLP still split.
 WHOLE_ATTENTION = {f"model.layers.*.self_attn.{x}_proj": "replicate" for x in "qkvo"}
@@ -49,17 +49,7 @@ def _save_with_reference(model: TinyLMForCausalLM, folder: Path, legacy: bool = 
     generation on a left-padded batch."""
     model.save_pretrained(folder)
     if legacy:
-        state = model.state_dict()
-        fused = {}
-        for name, tensor in state.items():
-            if ".self_attn.q_proj." in name:
-                parts = [state[name.replace("q_proj", part)] for part in ("q_proj", "k_proj", "v_proj")]
-                fused[name.replace("q_proj", "qkv_proj")] = torch.cat(parts)  # rows [q; k; v]
-            elif ".self_attn.k_proj." not in name and ".self_attn.v_proj." not in name:
-                fused[name] = tensor
-        if model.config.tie_word_embeddings:
-            del fused["lm_head.weight"]
-        safetensors.torch.save_file(fused, folder / "model.safetensors", metadata={"format": "pt"})
+        save_in_fused_qkv_layout(model, folder)
     input_ids = torch.randint(0, model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(1))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, :2] = 0  # left padding

@@ -24,7 +24,15 @@ from transformers import (
 from hf_tinylm import PRESETS, TinyLMConfig, TinyLMForCausalLM, TinyLMModel
 from hf_tinylm.model_folder import CheckpointError, check_tinylm_checkpoint
 from hf_tinylm.training.tokenizer import byte_level_tokenizer
-from tinylm_testing import VOCAB, assert_not_degenerate, assert_same_logits, build, step_logits, tiny_config
+from tinylm_testing import (
+    VOCAB,
+    assert_not_degenerate,
+    assert_same_logits,
+    build,
+    save_in_fused_qkv_layout,
+    step_logits,
+    tiny_config,
+)
 
 POSITIONS = ["learned", "sinusoidal", "rotary", "alibi"]
 NON_ROTARY = ["learned", "sinusoidal", "alibi"]
@@ -190,22 +198,6 @@ def test_base_model_and_causal_lm_load_each_others_checkpoints(tied, tmp_path):
     assert info["unexpected_keys"] == (set() if tied else {"lm_head.weight"}) and not info["missing_keys"]
 
 
-def save_in_fused_qkv_layout(model: TinyLMForCausalLM, folder) -> None:
-    """`model` saved as TinyLM versions before separate q/k/v projections saved it: one `self_attn.qkv_proj` per
-    layer, rows [q; k; v] (written by hand from the state dict)."""
-    model.config.save_pretrained(folder)
-    state, fused = model.state_dict(), {}
-    for name, tensor in state.items():
-        if ".self_attn.q_proj." in name:
-            parts = [state[name.replace("q_proj", part)] for part in ("q_proj", "k_proj", "v_proj")]
-            fused[name.replace("q_proj", "qkv_proj")] = torch.cat(parts)
-        elif ".self_attn.k_proj." not in name and ".self_attn.v_proj." not in name:
-            fused[name] = tensor.clone()
-    if model.config.tie_word_embeddings:
-        del fused["lm_head.weight"]
-    save_file(fused, folder / "model.safetensors", metadata={"format": "pt"})
-
-
 def attention_keys(folder) -> set[str]:
     return {name.split("self_attn.")[1] for name in load_file(folder / "model.safetensors") if "self_attn." in name}
 
@@ -226,6 +218,7 @@ def test_saved_folders_store_q_k_v_and_folders_with_the_earlier_fused_qkv_load_w
     model.save_pretrained(tmp_path / "new")
     assert attention_keys(tmp_path / "new") == {f"{p}.{s}" for p in projections for s in suffixes}
 
+    model.save_pretrained(tmp_path / "fused")
     save_in_fused_qkv_layout(model, tmp_path / "fused")
     assert attention_keys(tmp_path / "fused") == {f"{p}.{s}" for p in ("qkv_proj", "o_proj") for s in suffixes}
     check_tinylm_checkpoint(tmp_path / "fused", model.config)
@@ -240,6 +233,7 @@ def test_saved_folders_store_q_k_v_and_folders_with_the_earlier_fused_qkv_load_w
 
 def test_the_checkpoint_check_refuses_a_fused_qkv_of_the_wrong_size(tmp_path):
     model = build(tiny_config(num_key_value_heads=2))
+    model.save_pretrained(tmp_path)
     save_in_fused_qkv_layout(model, tmp_path)
     with pytest.raises(CheckpointError, match=r"qkv_proj.weight' has shape \[64, 32\], but the config requires \[48"):
         check_tinylm_checkpoint(tmp_path, tiny_config(num_key_value_heads=1))
