@@ -1,8 +1,8 @@
 """The TinyLM decoder-only language model, built the way Transformers 5 builds its own models.
 
 Read top to bottom: norms -> position schemes -> attention -> MLP -> decoder block -> loss -> pretrained base ->
-`TinyLMModel` -> `TinyLMForCausalLM` -> the task heads. Notation in shape comments: B batch, T query length,
-S key/value length, H query heads, K key/value heads, D head dim, E hidden size.
+`TinyLMModel` -> `TinyLMForCausalLM` -> the task heads -> loading checkpoints of earlier versions. Notation in shape
+comments: B batch, T query length, S key/value length, H query heads, K key/value heads, D head dim, E hidden size.
 
 This file is copied next to the weights by `save_pretrained` (for `trust_remote_code`), so besides
 `torch`, `transformers` and the standard library it imports only `.configuration_tinylm`.
@@ -40,37 +40,6 @@ from transformers.utils.import_utils import is_torchdynamo_compiling
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_tinylm import TinyLMConfig
-
-
-
-class SplitFusedQKV(Split):
-    """Transformers' `Split` on dim 0, refusing a tensor-parallel load: that reads each rank's rows of the fused
-    tensor as if it were `q_proj`, so the rank would get no whole q, k and v to cut."""
-
-    def convert(self, input_dict, source_patterns, target_patterns, full_layer_name, model, **kwargs):
-        if (getattr(model, "_tp_size", None) or 1) > 1:
-            raise ValueError(
-                "This folder stores the fused `self_attn.qkv_proj` of earlier TinyLM versions, which tensor "
-                "parallelism cannot split on load. Load it once in one process and save it again (`save_pretrained` "
-                "writes q_proj, k_proj and v_proj), then load that folder with tensor parallelism."
-            )
-        return super().convert(input_dict, source_patterns, target_patterns, full_layer_name, model, **kwargs)
-
-
-# Folders saved before q, k and v had a projection each store one fused `self_attn.qkv_proj` (rows [q; k; v]):
-# loading cuts it into the three, sized like the model's projections. Registered at import, so `trust_remote_code`
-# users get it too (and again when the module is imported twice); `save_pretrained` writes the new layout.
-register_checkpoint_conversion_mapping(
-    TinyLMConfig.model_type,
-    [
-        WeightConverter(
-            source_patterns="self_attn.qkv_proj",
-            target_patterns=["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-            operations=[SplitFusedQKV(dim=0)],
-        )
-    ],
-    overwrite=True,
-)
 
 # ----------------------------------------------------------------------------------------------- norms
 
@@ -918,6 +887,39 @@ class TinyLMForQuestionAnswering(GenericForQuestionAnswering, TinyLMPreTrainedMo
         self.model = TinyLMModel(config)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.post_init()
+
+
+# ----------------------------------------------------------------------------------------------- earlier checkpoints
+
+
+class SplitFusedQKV(Split):
+    """Transformers' `Split` on dim 0, refusing a tensor-parallel load: that reads each rank's rows of the fused
+    tensor as if it were `q_proj`, so the rank would get no whole q, k and v to cut."""
+
+    def convert(self, input_dict, source_patterns, target_patterns, full_layer_name, model, **kwargs):
+        if (getattr(model, "_tp_size", None) or 1) > 1:
+            raise ValueError(
+                "This folder stores the fused `self_attn.qkv_proj` of earlier TinyLM versions, which tensor "
+                "parallelism cannot split on load. Load it once in one process and save it again (`save_pretrained` "
+                "writes q_proj, k_proj and v_proj), then load that folder with tensor parallelism."
+            )
+        return super().convert(input_dict, source_patterns, target_patterns, full_layer_name, model, **kwargs)
+
+
+# Folders saved before q, k and v had a projection each store one fused `self_attn.qkv_proj` (rows [q; k; v]):
+# loading cuts it into the three, sized like the model's projections. Registered at import, so `trust_remote_code`
+# users get it too (and again when the module is imported twice); `save_pretrained` writes the new layout.
+register_checkpoint_conversion_mapping(
+    TinyLMConfig.model_type,
+    [
+        WeightConverter(
+            source_patterns="self_attn.qkv_proj",
+            target_patterns=["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            operations=[SplitFusedQKV(dim=0)],
+        )
+    ],
+    overwrite=True,
+)
 
 
 # Saved models carry this file and the config's, so a Hub user loads them with `trust_remote_code=True`.
