@@ -120,32 +120,38 @@ def build_reference(config: TinyLMConfig, family: str) -> transformers.PreTraine
 
 
 def gpt2_weights_for_tinylm(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
-    """GPT-2's names -> TinyLM's. GPT-2's `Conv1D` weights are (in, out), TinyLM's `nn.Linear` ones (out, in); the
-    head is tied to the token embeddings in both."""
+    """GPT-2's names -> TinyLM's. GPT-2's `Conv1D` weights are (in, out), TinyLM's `nn.Linear` ones (out, in); GPT-2's
+    fused `c_attn` holds q, k and v side by side (its last dim), split into TinyLM's three projections; the head is
+    tied to the token embeddings in both."""
     out = {"model.embed_tokens.weight": state["transformer.wte.weight"],
            "model.embed_positions.weight": state["transformer.wpe.weight"],
            "model.norm.weight": state["transformer.ln_f.weight"], "model.norm.bias": state["transformer.ln_f.bias"]}
     for i in range(layers):
         source, target = f"transformer.h.{i}.", f"model.layers.{i}."
         for gpt2, tinylm, transpose in (("ln_1", "attn_norm", False), ("ln_2", "mlp_norm", False),
-                                        ("attn.c_attn", "self_attn.qkv_proj", True),
                                         ("attn.c_proj", "self_attn.o_proj", True),
                                         ("mlp.c_fc", "mlp.up_proj", True), ("mlp.c_proj", "mlp.down_proj", True)):
             weight = state[f"{source}{gpt2}.weight"]
             out[f"{target}{tinylm}.weight"] = weight.t().contiguous() if transpose else weight
             out[f"{target}{tinylm}.bias"] = state[f"{source}{gpt2}.bias"]
+        # c_attn: weight (in, 3 * hidden) and bias (3 * hidden), q | k | v along the last dim
+        weights = state[f"{source}attn.c_attn.weight"].chunk(3, dim=1)
+        biases = state[f"{source}attn.c_attn.bias"].chunk(3)
+        for x, weight, bias in zip("qkv", weights, biases, strict=True):
+            out[f"{target}self_attn.{x}_proj.weight"] = weight.t().contiguous()
+            out[f"{target}self_attn.{x}_proj.bias"] = bias.contiguous()
     return out
 
 
 def llama_weights_for_tinylm(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
-    """Llama's names -> TinyLM's: the q, k, v projections concatenated into TinyLM's fused one."""
+    """Llama's names -> TinyLM's: the same projections, only the norms renamed."""
     out = {name: state[name] for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")}
     for i in range(layers):
         p = f"model.layers.{i}."
         out[p + "attn_norm.weight"] = state[p + "input_layernorm.weight"]
         out[p + "mlp_norm.weight"] = state[p + "post_attention_layernorm.weight"]
-        out[p + "self_attn.qkv_proj.weight"] = torch.cat([state[p + f"self_attn.{x}_proj.weight"] for x in "qkv"])
-        out[p + "self_attn.o_proj.weight"] = state[p + "self_attn.o_proj.weight"]
+        for x in ("q", "k", "v", "o"):
+            out[p + f"self_attn.{x}_proj.weight"] = state[p + f"self_attn.{x}_proj.weight"]
         for x in ("gate", "up", "down"):
             out[p + f"mlp.{x}_proj.weight"] = state[p + f"mlp.{x}_proj.weight"]
     return out

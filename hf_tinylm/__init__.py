@@ -33,12 +33,12 @@ AutoModelForSequenceClassification.register(TinyLMConfig, TinyLMForSequenceClass
 AutoModelForTokenClassification.register(TinyLMConfig, TinyLMForTokenClassification)
 AutoModelForQuestionAnswering.register(TinyLMConfig, TinyLMForQuestionAnswering)
 
-# PEFT chooses LoRA's default target modules by model type from its own table: TinyLM's is the fused q/k/v
-# projection, as GPT-2's `c_attn` is GPT-2's.
+# PEFT chooses LoRA's default target modules by model type from its own table: TinyLM's are the query and value
+# projections, as PEFT's entry for Llama names them.
 if importlib.util.find_spec("peft") is not None:
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
-    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.setdefault(TinyLMConfig.model_type, ["qkv_proj"])
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.setdefault(TinyLMConfig.model_type, ["q_proj", "v_proj"])
 
 __all__ = [
     "PRESETS",

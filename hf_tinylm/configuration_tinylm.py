@@ -224,6 +224,21 @@ class TinyLMConfig(PreTrainedConfig):
             self.rope_parameters = None
         self.validate_architecture()
 
+    @property
+    def base_model_tp_plan(self) -> dict[str, str]:
+        """Tensor parallelism (`from_pretrained(..., distributed_config=DistributedConfig(tp_size=N))`) as Llama
+        does it: q, k and v split by heads (`colwise`; each rank attends with its own heads), the MLP by its hidden
+        units, and the output projections `rowwise` (summed across ranks). Transformers adds `embed_tokens:
+        embedding_rowwise` (split by vocabulary) and `TinyLMForCausalLM` its head. A property, so a plain MLP has
+        no `gate_proj` rule (an unused rule is warned about); Transformers does not save it in config.json."""
+        plan = {f"layers.*.self_attn.{name}": "colwise" for name in ("q_proj", "k_proj", "v_proj")}
+        plan["layers.*.self_attn.o_proj"] = "rowwise"
+        if self.mlp_type == "glu":
+            plan["layers.*.mlp.gate_proj"] = "colwise"
+        plan["layers.*.mlp.up_proj"] = "colwise"
+        plan["layers.*.mlp.down_proj"] = "rowwise"
+        return plan
+
     def _default_rope_parameters(self) -> dict:
         return {"rope_type": "default", "rope_theta": self.default_theta}
 

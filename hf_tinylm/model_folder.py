@@ -153,6 +153,8 @@ def _tinylm_shape_problem(found: dict[str, tuple[int, ...]], config: TinyLMConfi
     with torch.device("meta"):
         model = TinyLMForCausalLM(config)
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    if any(".self_attn.qkv_proj." in name for name in found):
+        expected = _in_fused_qkv_layout(expected)
     if not any(name in expected for name in found):  # a `TinyLMModel` save: names without the `model.` prefix
         found = {f"{model.base_model_prefix}.{name}": shape for name, shape in found.items()}
     missing = [name for name in expected if name not in found and name not in model.all_tied_weights_keys]
@@ -165,6 +167,19 @@ def _tinylm_shape_problem(found: dict[str, tuple[int, ...]], config: TinyLMConfi
         if name in found and found[name] != shape:
             return f"tensor {name!r} has shape {list(found[name])}, but the config requires {list(shape)}"
     return None
+
+
+def _in_fused_qkv_layout(expected: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes `expected` as folders saved before q, k and v had a projection each hold them: one
+    `self_attn.qkv_proj` with rows [q; k; v] (`from_pretrained` splits it, see `modeling_tinylm`)."""
+    fused = {}
+    for name, shape in expected.items():
+        if ".self_attn.q_proj." in name:
+            key, value = (expected[name.replace(".q_proj.", f".{part}.")] for part in ("k_proj", "v_proj"))
+            fused[name.replace(".q_proj.", ".qkv_proj.")] = (shape[0] + key[0] + value[0], *shape[1:])
+        elif ".self_attn.k_proj." not in name and ".self_attn.v_proj." not in name:
+            fused[name] = shape
+    return fused
 
 
 def unset_fields(values: Mapping, fields: tuple[str, ...], aliases: Mapping[str, str] | None = None) -> list[str]:

@@ -1,8 +1,8 @@
 """The TinyLM decoder-only language model, built the way Transformers 5 builds its own models.
 
 Read top to bottom: norms -> position schemes -> attention -> MLP -> decoder block -> loss -> pretrained base ->
-`TinyLMModel` -> `TinyLMForCausalLM` -> the task heads. Notation in shape comments: B batch, T query length,
-S key/value length, H query heads, K key/value heads, D head dim, E hidden size.
+`TinyLMModel` -> `TinyLMForCausalLM` -> the task heads -> loading checkpoints of earlier versions. Notation in shape
+comments: B batch, T query length, S key/value length, H query heads, K key/value heads, D head dim, E hidden size.
 
 This file is copied next to the weights by `save_pretrained` (for `trust_remote_code`), so besides
 `torch`, `transformers` and the standard library it imports only `.configuration_tinylm`.
@@ -17,6 +17,8 @@ from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import Split, WeightConverter
 from transformers.generation import GenerationMixin
 from transformers.generation.continuous_batching.cache import PagedAttentionCache
 from transformers.loss.loss_utils import ForCausalLMLoss
@@ -227,9 +229,10 @@ def eager_attention_forward(
 class TinyLMAttention(nn.Module):
     """Causal self-attention with K key/value heads shared by H query heads.
 
-    K == H is multi-head, K == 1 multi-query, anything in between grouped-query attention. q, k and v come from
-    one fused projection (one matmul instead of three); the kernel is chosen by `config._attn_implementation`
-    through Transformers' attention interface (eager, sdpa, flex, flash).
+    K == H is multi-head, K == 1 multi-query, anything in between grouped-query attention. q, k and v have a
+    projection each, so tensor parallelism shards them by heads (`colwise`, see `base_model_tp_plan`): every head
+    count below is read from the tensors, which then hold this rank's heads. The kernel is chosen by
+    `config._attn_implementation` through Transformers' attention interface (eager, sdpa, flex, flash).
     """
 
     def __init__(self, config: TinyLMConfig, layer_idx: int):
@@ -245,10 +248,11 @@ class TinyLMAttention(nn.Module):
         self.attention_dropout = config.attention_dropout
         scale = config.attention_scale if config.attention_scale is not None else self.head_dim**-0.5
         self.scaling = scale / (layer_idx + 1) if config.scale_attn_by_inverse_layer_idx else scale
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_key_value_heads * self.head_dim
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
-        self.o_proj = TinyLMResidualProjection(self.q_size, config.hidden_size, bias=config.attention_bias)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, q_size, bias=config.attention_bias)
+        self.k_proj = nn.Linear(config.hidden_size, kv_size, bias=config.attention_bias)
+        self.v_proj = nn.Linear(config.hidden_size, kv_size, bias=config.attention_bias)
+        self.o_proj = TinyLMResidualProjection(q_size, config.hidden_size, bias=config.attention_bias)
 
     def forward(
         self,
@@ -258,15 +262,17 @@ class TinyLMAttention(nn.Module):
         cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, length, _ = hidden_states.shape
-        query, key, value = self.qkv_proj(hidden_states).split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        query = query.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        key = key.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, K, T, D)
-        value = value.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        heads_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(heads_shape).transpose(1, 2)  # (B, H, T, D)
+        key = self.k_proj(hidden_states).view(heads_shape).transpose(1, 2)  # (B, K, T, D)
+        value = self.v_proj(hidden_states).view(heads_shape).transpose(1, 2)  # (B, K, T, D)
         if position_embeddings is not None:
             query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # (B, K, S, D)
+
+        if (position_bias := kwargs.get("position_bias")) is not None and position_bias.shape[1] != query.shape[1]:
+            kwargs["position_bias"] = self._bias_of_this_rank_heads(position_bias, query.shape[1])
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -282,8 +288,21 @@ class TinyLMAttention(nn.Module):
             sliding_window=self.sliding_window,
             **kwargs,
         )
-        output = self.o_proj(output.reshape(batch, length, -1))
+        output = self.o_proj(output.reshape(*hidden_states.shape[:-1], -1))
         return output, weights
+
+    def _bias_of_this_rank_heads(self, position_bias: torch.Tensor, heads: int) -> torch.Tensor:
+        """The base model builds ALiBi's (B, H, T, S) bias for all heads. Under tensor parallelism `q_proj` is
+        sharded `colwise`, so this rank holds the `heads` query heads of block `rank` (a DTensor knows its rank on
+        the host: nothing waits for the device)."""
+        mesh = getattr(self.q_proj.weight, "device_mesh", None)
+        if mesh is None:
+            raise ValueError(
+                f"The attention bias has {position_bias.shape[1]} heads but the queries have {heads}, and q_proj is "
+                "not sharded by tensor parallelism: nothing says which heads these are."
+            )
+        rank = mesh.get_local_rank()
+        return position_bias[:, rank * heads : (rank + 1) * heads]  # (B, heads, T, S)
 
 
 # ----------------------------------------------------------------------------------------------- MLP
@@ -494,6 +513,33 @@ class TinyLMPreTrainedModel(PreTrainedModel):
                 f"{self.config.sliding_window}), so every token would attend to all earlier ones. Use 'sdpa' (the "
                 "default), 'eager', 'flex_attention' or a flash attention kernel."
             )
+
+    def save_pretrained(self, *args, save_original_format: bool = False, **kwargs):
+        """Transformers' `save_pretrained`, except that by default it writes the weights as this model names them.
+        With `save_original_format=True` Transformers would revert the registered loading conversion (the split of
+        a legacy fused `qkv_proj`) and write the old layout, even for a freshly built model."""
+        return super().save_pretrained(*args, save_original_format=save_original_format, **kwargs)
+
+    def _resolve_parallel_plans(self, distributed_config):
+        """Transformers' plan resolution for `from_pretrained(distributed_config=...)`, refusing head counts that a
+        tensor-parallel size cannot split into whole heads per rank (Transformers would cut a head in two)."""
+        tp_plan, *other_plans = super()._resolve_parallel_plans(distributed_config)
+        heads = {"q_proj": self.config.num_attention_heads, "k_proj": self.config.num_key_value_heads,
+                 "v_proj": self.config.num_key_value_heads}
+        tp_size = distributed_config.tp_size
+        for name, style in tp_plan.items():
+            projection = name.rpartition(".")[2]
+            if style == "colwise" and projection in heads and heads[projection] % tp_size:
+                whole_attention = {rule: "replicate" for rule in self.tp_plan
+                                   if rule.rpartition(".")[2] in ("q_proj", "k_proj", "v_proj", "o_proj")}
+                raise ValueError(
+                    f"Tensor parallelism splits attention by heads, so tp_size={tp_size} must divide "
+                    f"num_key_value_heads={self.config.num_key_value_heads} (and num_attention_heads="
+                    f"{self.config.num_attention_heads}). Use a tp_size that divides num_key_value_heads, or keep "
+                    f"attention whole on every rank (the MLP stays split): `DistributedConfig(tp_size={tp_size}, "
+                    f"tp_plan={whole_attention})`."
+                )
+        return (tp_plan, *other_plans)
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2's initialisation: N(0, initializer_range) everywhere, and the projections that write into the
@@ -722,6 +768,8 @@ class TinyLMForCausalLM(TinyLMPreTrainedModel, GenerationMixin):
     """TinyLM with a language-modelling head, tied to the token embeddings when `tie_word_embeddings`."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # Under tensor parallelism the head is split by vocabulary as the (tied) embeddings are, its logits gathered.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: TinyLMConfig):
         super().__init__(config)
@@ -839,6 +887,39 @@ class TinyLMForQuestionAnswering(GenericForQuestionAnswering, TinyLMPreTrainedMo
         self.model = TinyLMModel(config)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.post_init()
+
+
+# ----------------------------------------------------------------------------------------------- earlier checkpoints
+
+
+class SplitFusedQKV(Split):
+    """Transformers' `Split` on dim 0, refusing a tensor-parallel load: that reads each rank's rows of the fused
+    tensor as if it were `q_proj`, so the rank would get no whole q, k and v to cut."""
+
+    def convert(self, input_dict, source_patterns, target_patterns, full_layer_name, model, **kwargs):
+        if (getattr(model, "_tp_size", None) or 1) > 1:
+            raise ValueError(
+                "This folder stores the fused `self_attn.qkv_proj` of earlier TinyLM versions, which tensor "
+                "parallelism cannot split on load. Load it once in one process and save it again (`save_pretrained` "
+                "writes q_proj, k_proj and v_proj), then load that folder with tensor parallelism."
+            )
+        return super().convert(input_dict, source_patterns, target_patterns, full_layer_name, model, **kwargs)
+
+
+# Folders saved before q, k and v had a projection each store one fused `self_attn.qkv_proj` (rows [q; k; v]):
+# loading cuts it into the three, sized like the model's projections. Registered at import, so `trust_remote_code`
+# users get it too (and again when the module is imported twice); `save_pretrained` writes the new layout.
+register_checkpoint_conversion_mapping(
+    TinyLMConfig.model_type,
+    [
+        WeightConverter(
+            source_patterns="self_attn.qkv_proj",
+            target_patterns=["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            operations=[SplitFusedQKV(dim=0)],
+        )
+    ],
+    overwrite=True,
+)
 
 
 # Saved models carry this file and the config's, so a Hub user loads them with `trust_remote_code=True`.

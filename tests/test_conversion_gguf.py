@@ -107,8 +107,9 @@ def test_tensor_names_types_and_metadata_are_llama_cpps(preset, architecture, dt
     for tensor in reader.tensors:
         assert tensor.name.rsplit(".", 1)[0] in {name.format(bid=i) for name in known for i in range(layers)}
         assert tensor.tensor_type.name == (weight_type if len(tensor.shape) > 1 else "F32"), tensor.name
-    split_qkv = 2 * layers if architecture == gguf.MODEL_ARCH.LLAMA else 0  # q, k and v: three tensors, not one
-    assert len(reader.tensors) == len(source.state_dict()) - source.config.tie_word_embeddings + split_qkv
+    # TinyLM's q, k and v projections: three tensors in llama's layout, one `attn_qkv` (and its bias) in gpt2's
+    fused_qkv = 2 * 2 * layers if architecture == gguf.MODEL_ARCH.GPT2 else 0
+    assert len(reader.tensors) == len(source.state_dict()) - source.config.tie_word_embeddings - fused_qkv
     fields = reader.fields
     assert bytes(fields["general.architecture"].parts[-1]).decode() == gguf.MODEL_ARCH_NAMES[architecture]
     assert fields["general.file_type"].parts[-1][0] == file_type

@@ -132,7 +132,13 @@ def test_conv1d_weights_are_transposed_and_everything_else_copied():
     config, state_dict = small_state_dict()
     mapped = dict(gpt2_to_tinylm_tensors(state_dict, config))
 
-    assert torch.equal(mapped["model.layers.1.self_attn.qkv_proj.weight"], state_dict["h.1.attn.c_attn.weight"].t())
+    c_attn = state_dict["h.1.attn.c_attn.weight"]  # [in, 3 * hidden]: q | k | v along the columns
+    hidden = c_attn.shape[0]
+    for i, x in enumerate("qkv"):
+        part = c_attn[:, i * hidden : (i + 1) * hidden].t()
+        assert torch.equal(mapped[f"model.layers.1.self_attn.{x}_proj.weight"], part)
+        assert torch.equal(mapped[f"model.layers.1.self_attn.{x}_proj.bias"],
+                           state_dict["h.1.attn.c_attn.bias"][i * hidden : (i + 1) * hidden])
     assert torch.equal(mapped["model.layers.0.mlp.down_proj.weight"], state_dict["h.0.mlp.c_proj.weight"].t())
     assert mapped["model.layers.0.attn_norm.bias"] is state_dict["h.0.ln_1.bias"]
     assert mapped["model.embed_positions.weight"] is state_dict["wpe.weight"]

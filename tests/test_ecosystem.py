@@ -101,12 +101,13 @@ def test_initialisation_follows_gpt2_with_scaled_residual_projections():
     model = TinyLMForCausalLM(config)
     layer = model.model.layers[3]
     residual_std = 0.02 / math.sqrt(2 * 8)
-    assert layer.self_attn.qkv_proj.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+        assert projection.weight.std().item() == pytest.approx(0.02, rel=0.03)
+        assert projection.bias.abs().max() == 0
     assert layer.self_attn.o_proj.weight.std().item() == pytest.approx(residual_std, rel=0.03)
     assert layer.mlp.down_proj.weight.std().item() == pytest.approx(residual_std, rel=0.03)
     assert model.model.embed_tokens.weight.std().item() == pytest.approx(0.02, rel=0.03)
     assert torch.equal(layer.attn_norm.weight, torch.ones(256)) and torch.equal(layer.attn_norm.bias, torch.zeros(256))
-    assert layer.self_attn.qkv_proj.bias.abs().max() == 0
 
 
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rotary", "alibi"])

@@ -155,7 +155,9 @@ def test_bf16_autocast_training_loss_and_gradients_stay_within_bf16_rounding_of_
         loss, gradients = chunked_loss_and_gradients(model, ids, ids)
     torch.testing.assert_close(loss, expected_loss, rtol=1e-3, atol=0)  # the same bf16 logits, summed in fp32
     for name in expected:  # bf16 matmuls: 8 bits of mantissa, rounded at different points
-        scale = expected[name].abs().max()
+        # k's bias adds the same amount to all of a query's scores, which softmax ignores: its exact gradient is 0,
+        # the computed one rounding noise, so it is measured against the scale of q's bias gradient.
+        scale = expected[name.replace("k_proj.bias", "q_proj.bias")].abs().max()
         torch.testing.assert_close(gradients[name], expected[name], rtol=0, atol=2e-2 * scale, msg=name)
 
 

@@ -17,7 +17,7 @@ def test_lora_without_target_modules_adapts_the_attention_projection_of_every_va
         model = peft.get_peft_model(build(tiny_config(position_embedding_type=positions)),
                                     peft.LoraConfig(task_type="CAUSAL_LM"))
         adapted = sorted(name for name, module in model.named_modules() if isinstance(module, peft.tuners.lora.Linear))
-        assert adapted == [f"base_model.model.model.layers.{i}.self_attn.qkv_proj" for i in range(2)]
+        assert adapted == [f"base_model.model.model.layers.{i}.self_attn.{x}_proj" for i in range(2) for x in "qv"]
         trainable = {name for name, param in model.named_parameters() if param.requires_grad}
         assert trainable and all("lora_" in name for name in trainable)
 

@@ -19,7 +19,8 @@ def randomise_norms(model):
 
 
 def gpt2_weights_for_tinylm(gpt2: GPT2LMHeadModel) -> dict:
-    """GPT-2's Conv1D weights are [in, out]; TinyLM's nn.Linear weights are [out, in]."""
+    """GPT-2's Conv1D weights are [in, out]; TinyLM's nn.Linear weights are [out, in]. GPT-2's c_attn holds q, k and
+    v side by side along its last dim: split into thirds, each transposed."""
     sd, out = gpt2.state_dict(), {}
     out["model.embed_tokens.weight"] = sd["transformer.wte.weight"]
     out["model.embed_positions.weight"] = sd["transformer.wpe.weight"]
@@ -29,9 +30,11 @@ def gpt2_weights_for_tinylm(gpt2: GPT2LMHeadModel) -> dict:
         src, dst = f"transformer.h.{i}.", f"model.layers.{i}."
         for a, b in [("ln_1", "attn_norm"), ("ln_2", "mlp_norm")]:
             out[f"{dst}{b}.weight"], out[f"{dst}{b}.bias"] = sd[f"{src}{a}.weight"], sd[f"{src}{a}.bias"]
-        for a, b in [("attn.c_attn", "self_attn.qkv_proj"), ("attn.c_proj", "self_attn.o_proj"),
-                     ("mlp.c_fc", "mlp.up_proj"), ("mlp.c_proj", "mlp.down_proj")]:
+        for a, b in [("attn.c_proj", "self_attn.o_proj"), ("mlp.c_fc", "mlp.up_proj"), ("mlp.c_proj", "mlp.down_proj")]:
             out[f"{dst}{b}.weight"], out[f"{dst}{b}.bias"] = sd[f"{src}{a}.weight"].T, sd[f"{src}{a}.bias"]
+        weights, biases = sd[f"{src}attn.c_attn.weight"].chunk(3, dim=1), sd[f"{src}attn.c_attn.bias"].chunk(3)
+        for x, weight, bias in zip("qkv", weights, biases):
+            out[f"{dst}self_attn.{x}_proj.weight"], out[f"{dst}self_attn.{x}_proj.bias"] = weight.T, bias
     return out
 
 
@@ -44,8 +47,8 @@ def llama_weights_for_tinylm(llama: LlamaForCausalLM) -> dict:
         p = f"model.layers.{i}."
         out[p + "attn_norm.weight"] = sd[p + "input_layernorm.weight"]
         out[p + "mlp_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
-        out[p + "self_attn.qkv_proj.weight"] = torch.cat([sd[p + f"self_attn.{x}_proj.weight"] for x in "qkv"])
-        out[p + "self_attn.o_proj.weight"] = sd[p + "self_attn.o_proj.weight"]
+        for x in ("q", "k", "v", "o"):
+            out[p + f"self_attn.{x}_proj.weight"] = sd[p + f"self_attn.{x}_proj.weight"]
         for x in ("gate", "up", "down"):
             out[p + f"mlp.{x}_proj.weight"] = sd[p + f"mlp.{x}_proj.weight"]
     return out

@@ -22,8 +22,17 @@ from transformers import (
 )
 
 from hf_tinylm import PRESETS, TinyLMConfig, TinyLMForCausalLM, TinyLMModel
+from hf_tinylm.model_folder import CheckpointError, check_tinylm_checkpoint
 from hf_tinylm.training.tokenizer import byte_level_tokenizer
-from tinylm_testing import VOCAB, assert_not_degenerate, assert_same_logits, build, step_logits, tiny_config
+from tinylm_testing import (
+    VOCAB,
+    assert_not_degenerate,
+    assert_same_logits,
+    build,
+    save_in_fused_qkv_layout,
+    step_logits,
+    tiny_config,
+)
 
 POSITIONS = ["learned", "sinusoidal", "rotary", "alibi"]
 NON_ROTARY = ["learned", "sinusoidal", "alibi"]
@@ -187,6 +196,47 @@ def test_base_model_and_causal_lm_load_each_others_checkpoints(tied, tmp_path):
     assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"))
     _, info = TinyLMModel.from_pretrained(tmp_path / "causal", output_loading_info=True)
     assert info["unexpected_keys"] == (set() if tied else {"lm_head.weight"}) and not info["missing_keys"]
+
+
+def attention_keys(folder) -> set[str]:
+    return {name.split("self_attn.")[1] for name in load_file(folder / "model.safetensors") if "self_attn." in name}
+
+
+@pytest.mark.parametrize(("tied", "bias", "kv_heads"), [(True, True, 4), (False, False, 2)], ids=["gpt2", "llama"])
+@torch.no_grad()
+def test_saved_folders_store_q_k_v_and_folders_with_the_earlier_fused_qkv_load_with_the_same_logits(
+    tied, bias, kv_heads, tmp_path
+):
+    """Folders store `q_proj`, `k_proj` and `v_proj`, even though loading registers a conversion from the fused
+    `qkv_proj` of earlier versions (which Transformers would otherwise revert when saving, fresh models included). A
+    fused folder passes the CLI's check, loads with bit-identical logits, and is saved again in the new layout."""
+    model = build(tiny_config(tie_word_embeddings=tied, attention_bias=bias, num_key_value_heads=kv_heads))
+    ids = token_ids(2, 7)
+    expected = model(ids).logits
+    projections = {"q_proj", "k_proj", "v_proj", "o_proj"}
+    suffixes = ("weight", "bias") if bias else ("weight",)
+    model.save_pretrained(tmp_path / "new")
+    assert attention_keys(tmp_path / "new") == {f"{p}.{s}" for p in projections for s in suffixes}
+
+    model.save_pretrained(tmp_path / "fused")
+    save_in_fused_qkv_layout(model, tmp_path / "fused")
+    assert attention_keys(tmp_path / "fused") == {f"{p}.{s}" for p in ("qkv_proj", "o_proj") for s in suffixes}
+    check_tinylm_checkpoint(tmp_path / "fused", model.config)
+    loaded, info = TinyLMForCausalLM.from_pretrained(tmp_path / "fused", output_loading_info=True)
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"))
+    assert torch.equal(loaded(ids).logits, expected)
+
+    loaded.save_pretrained(tmp_path / "resaved")
+    assert attention_keys(tmp_path / "resaved") == attention_keys(tmp_path / "new")
+    assert torch.equal(TinyLMForCausalLM.from_pretrained(tmp_path / "resaved")(ids).logits, expected)
+
+
+def test_the_checkpoint_check_refuses_a_fused_qkv_of_the_wrong_size(tmp_path):
+    model = build(tiny_config(num_key_value_heads=2))
+    model.save_pretrained(tmp_path)
+    save_in_fused_qkv_layout(model, tmp_path)
+    with pytest.raises(CheckpointError, match=r"qkv_proj.weight' has shape \[64, 32\], but the config requires \[48"):
+        check_tinylm_checkpoint(tmp_path, tiny_config(num_key_value_heads=1))
 
 
 @every_position_scheme

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
 
@@ -131,3 +132,18 @@ def run_without_hf_tinylm(script: str, *args, cwd) -> subprocess.CompletedProces
         [sys.executable, "-c", _REFUSE_HF_TINYLM + textwrap.dedent(script), *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
     )
+
+
+def save_in_fused_qkv_layout(model: TinyLMForCausalLM, folder: Path) -> None:
+    """Replace the weights of the folder `model` was saved to by the layout of TinyLM versions before separate q/k/v
+    projections: one `self_attn.qkv_proj` per layer, rows [q; k; v] (written by hand from the state dict)."""
+    state, fused = model.state_dict(), {}
+    for name, tensor in state.items():
+        if ".self_attn.q_proj." in name:
+            parts = [state[name.replace("q_proj", part)] for part in ("q_proj", "k_proj", "v_proj")]
+            fused[name.replace("q_proj", "qkv_proj")] = torch.cat(parts)
+        elif ".self_attn.k_proj." not in name and ".self_attn.v_proj." not in name:
+            fused[name] = tensor.clone()
+    if model.config.tie_word_embeddings:
+        del fused["lm_head.weight"]
+    save_file(fused, Path(folder) / "model.safetensors", metadata={"format": "pt"})

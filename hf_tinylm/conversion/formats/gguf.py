@@ -2,10 +2,10 @@
 
 A Llama-style TinyLM (rotary positions) is written as architecture `llama`, a GPT-2-style one (learned positions)
 as `gpt2`, with llama.cpp's tensor names and metadata keys (the tables below) through the `gguf` package. Layouts:
-GGUF stores `nn.Linear` weights as [out, in], as TinyLM does, so nothing is transposed; for `llama`, TinyLM's fused
-q/k/v projection is split and the q and k rows are permuted within each head from the half-split RoPE layout of
-Transformers to the interleaved pairs llama.cpp rotates (`_interleave_rope_rows`); `gpt2` keeps the fused
-`attn_qkv`. Norms and biases are stored in float32, as llama.cpp's converter does; 2-D weights in `--dtype`. The
+GGUF stores `nn.Linear` weights as [out, in], as TinyLM does, so nothing is transposed; for `llama`, the q and k rows
+are permuted within each head from the half-split RoPE layout of Transformers to the interleaved pairs llama.cpp
+rotates (`_interleave_rope_rows`); `gpt2` stores one fused `attn_qkv`, TinyLM's q, k and v projections joined along
+the output axis. Norms and biases are stored in float32, as llama.cpp's converter does; 2-D weights in `--dtype`. The
 tokenizer (byte-level BPE, GPT-2's kind) goes into the `tokenizer.ggml.*` metadata with its special tokens.
 
 What each architecture cannot express is refused from the config: everything Llama or GPT-2 cannot, and what
@@ -31,7 +31,7 @@ _LLAMA_GLOBAL_TENSORS = (
     ("model.embed_tokens.weight", "token_embd.weight"),
     ("model.norm.weight", "output_norm.weight"),
 )
-_LLAMA_LAYER_TENSORS = (  # (TinyLM suffix, GGUF suffix); q, k and v come from the fused projection, see below
+_LLAMA_LAYER_TENSORS = (  # (TinyLM suffix, GGUF suffix); q and k are permuted, see below
     ("attn_norm.weight", "attn_norm.weight"),
     ("self_attn.o_proj.weight", "attn_output.weight"),
     ("mlp_norm.weight", "ffn_norm.weight"),
@@ -39,18 +39,22 @@ _LLAMA_LAYER_TENSORS = (  # (TinyLM suffix, GGUF suffix); q, k and v come from t
     ("mlp.up_proj.weight", "ffn_up.weight"),
     ("mlp.down_proj.weight", "ffn_down.weight"),
 )
-_LLAMA_QKV = (("attn_q.weight", True), ("attn_k.weight", True), ("attn_v.weight", False))  # (GGUF suffix, permuted)
+_LLAMA_QKV = (  # (TinyLM suffix, GGUF suffix, the config field counting its heads when its rows are permuted)
+    ("self_attn.q_proj.weight", "attn_q.weight", "num_attention_heads"),
+    ("self_attn.k_proj.weight", "attn_k.weight", "num_key_value_heads"),
+    ("self_attn.v_proj.weight", "attn_v.weight", None),
+)
 _GPT2_GLOBAL_TENSORS = (
     ("model.embed_tokens.weight", "token_embd.weight"),
     ("model.embed_positions.weight", "position_embd.weight"),
     ("model.norm.weight", "output_norm.weight"),
     ("model.norm.bias", "output_norm.bias"),
 )
-_GPT2_LAYER_TENSORS = (  # (TinyLM suffix, GGUF suffix), both [out, in]
+_GPT2_LAYER_TENSORS = (  # (TinyLM suffix, or the suffixes joined along the output axis; GGUF suffix), both [out, in]
     ("attn_norm.weight", "attn_norm.weight"),
     ("attn_norm.bias", "attn_norm.bias"),
-    ("self_attn.qkv_proj.weight", "attn_qkv.weight"),
-    ("self_attn.qkv_proj.bias", "attn_qkv.bias"),
+    (("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), "attn_qkv.weight"),
+    (("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"), "attn_qkv.bias"),
     ("self_attn.o_proj.weight", "attn_output.weight"),
     ("self_attn.o_proj.bias", "attn_output.bias"),
     ("mlp_norm.weight", "ffn_norm.weight"),
@@ -125,16 +129,15 @@ def _interleave_rope_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 def _llama_tensors(state_dict: Mapping[str, torch.Tensor], config: TinyLMConfig) -> Tensors:
-    q_size, kv_size = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
-    heads = (config.num_attention_heads, config.num_key_value_heads, config.num_key_value_heads)
     for tinylm_name, gguf_name in _LLAMA_GLOBAL_TENSORS:
         yield gguf_name, require_tensor(state_dict, tinylm_name, "TinyLM")
     for i in range(config.num_hidden_layers):
         layer = f"model.layers.{i}."
-        qkv = require_tensor(state_dict, layer + "self_attn.qkv_proj.weight", "TinyLM")
-        for (suffix, permuted), weight, num_heads in zip(_LLAMA_QKV, qkv.split([q_size, kv_size, kv_size]), heads,
-                                                         strict=True):  # fmt: skip
-            yield f"blk.{i}.{suffix}", _interleave_rope_rows(weight, num_heads) if permuted else weight
+        for tinylm_suffix, gguf_suffix, heads_field in _LLAMA_QKV:
+            weight = require_tensor(state_dict, layer + tinylm_suffix, "TinyLM")
+            if heads_field is not None:
+                weight = _interleave_rope_rows(weight, getattr(config, heads_field))
+            yield f"blk.{i}.{gguf_suffix}", weight
         for tinylm_suffix, gguf_suffix in _LLAMA_LAYER_TENSORS:
             yield f"blk.{i}.{gguf_suffix}", require_tensor(state_dict, layer + tinylm_suffix, "TinyLM")
     if not config.tie_word_embeddings:
@@ -146,7 +149,9 @@ def _gpt2_tensors(state_dict: Mapping[str, torch.Tensor], config: TinyLMConfig) 
         yield gguf_name, require_tensor(state_dict, tinylm_name, "TinyLM")
     for i in range(config.num_hidden_layers):
         for tinylm_suffix, gguf_suffix in _GPT2_LAYER_TENSORS:
-            yield f"blk.{i}.{gguf_suffix}", require_tensor(state_dict, f"model.layers.{i}.{tinylm_suffix}", "TinyLM")
+            names = tinylm_suffix if isinstance(tinylm_suffix, tuple) else (tinylm_suffix,)
+            parts = [require_tensor(state_dict, f"model.layers.{i}.{name}", "TinyLM") for name in names]
+            yield f"blk.{i}.{gguf_suffix}", torch.cat(parts) if len(parts) > 1 else parts[0]  # q, k, v: rows [q; k; v]
     if not config.tie_word_embeddings:
         yield _HEAD[1], require_tensor(state_dict, _HEAD[0], "TinyLM")
 

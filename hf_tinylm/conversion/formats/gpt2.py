@@ -50,11 +50,14 @@ REORDER_AND_UPCAST_NOTE = (
     "the option is honoured as equivalent; fp32 logits are unaffected."
 )
 
-_GPT2_LAYER_TENSORS = (  # (GPT-2 suffix, TinyLM suffix, is a Conv1D weight)
+# (GPT-2 suffix, TinyLM suffix, is a Conv1D weight). GPT-2's fused `c_attn` holds q, k and v side by side on its
+# last dim (a Conv1D weight [E, 3E], a bias [3E]): a tuple of three TinyLM suffixes splits it into thirds (each
+# Conv1D third transposed) and joins them back.
+_GPT2_LAYER_TENSORS = (
     ("ln_1.weight", "attn_norm.weight", False),
     ("ln_1.bias", "attn_norm.bias", False),
-    ("attn.c_attn.weight", "self_attn.qkv_proj.weight", True),
-    ("attn.c_attn.bias", "self_attn.qkv_proj.bias", False),
+    ("attn.c_attn.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), True),
+    ("attn.c_attn.bias", ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"), False),
     ("attn.c_proj.weight", "self_attn.o_proj.weight", True),
     ("attn.c_proj.bias", "self_attn.o_proj.bias", False),
     ("ln_2.weight", "mlp_norm.weight", False),
@@ -219,7 +222,11 @@ def gpt2_to_tinylm_tensors(
     for i in range(gpt2.n_layer):
         for gpt2_suffix, tinylm_suffix, is_conv1d in _GPT2_LAYER_TENSORS:
             tensor = state_dict[f"h.{i}.{gpt2_suffix}"]
-            yield f"model.layers.{i}.{tinylm_suffix}", tensor.t().contiguous() if is_conv1d else tensor
+            if isinstance(tinylm_suffix, tuple):  # c_attn: q, k, v side by side
+                for suffix, part in zip(tinylm_suffix, tensor.chunk(3, dim=-1), strict=True):
+                    yield f"model.layers.{i}.{suffix}", part.t().contiguous() if is_conv1d else part.contiguous()
+            else:
+                yield f"model.layers.{i}.{tinylm_suffix}", tensor.t().contiguous() if is_conv1d else tensor
     for gpt2_name, tinylm_name in _GPT2_GLOBAL_TENSORS[2:]:
         yield tinylm_name, state_dict[gpt2_name]
     if not gpt2.tie_word_embeddings:
@@ -234,8 +241,13 @@ def tinylm_to_gpt2_tensors(
         yield f"transformer.{gpt2_name}", require_tensor(state_dict, tinylm_name, "TinyLM")
     for i in range(config.num_hidden_layers):
         for gpt2_suffix, tinylm_suffix, is_conv1d in _GPT2_LAYER_TENSORS:
-            tensor = require_tensor(state_dict, f"model.layers.{i}.{tinylm_suffix}", "TinyLM")
-            yield f"transformer.h.{i}.{gpt2_suffix}", tensor.t().contiguous() if is_conv1d else tensor
+            if isinstance(tinylm_suffix, tuple):  # c_attn: q, k, v side by side
+                parts = [require_tensor(state_dict, f"model.layers.{i}.{suffix}", "TinyLM") for suffix in tinylm_suffix]
+                tensor = torch.cat([part.t() for part in parts] if is_conv1d else parts, dim=-1)
+                yield f"transformer.h.{i}.{gpt2_suffix}", tensor.contiguous()
+            else:
+                tensor = require_tensor(state_dict, f"model.layers.{i}.{tinylm_suffix}", "TinyLM")
+                yield f"transformer.h.{i}.{gpt2_suffix}", tensor.t().contiguous() if is_conv1d else tensor
     for gpt2_name, tinylm_name in _GPT2_GLOBAL_TENSORS[2:]:
         yield f"transformer.{gpt2_name}", require_tensor(state_dict, tinylm_name, "TinyLM")
     if not config.tie_word_embeddings:

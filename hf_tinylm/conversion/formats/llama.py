@@ -1,11 +1,11 @@
 """Transformers Llama (`LlamaForCausalLM` folders, model_type "llama") <-> Llama-style TinyLM (rotary positions,
 RMSNorm, gated MLP, pre-norm): the config and weight maps both ways, what Llama cannot express, reader and writer.
 
-Both sides use `nn.Linear`, so no weight is transposed. TinyLM fuses q, k and v into one projection: Llama's three
-are concatenated along the output axis (q, then k, then v) and split back by the head sizes, which is why a round trip
-is bit-exact. Every `LlamaConfig` option that changes the math is carried over: sizes (`head_dim` included), every
-RoPE type of `rope_parameters`, `rms_norm_eps`, `hidden_act`, `attention_bias`, `mlp_bias`, tying.
-`pretraining_tp` is not used by Transformers' Llama forward and is ignored here too.
+Both sides use `nn.Linear` with the same q, k and v projections, so every tensor is copied under another name (none
+is transposed, split or joined), which is why a round trip is bit-exact. Every `LlamaConfig` option that changes the
+math is carried over: sizes (`head_dim` included), every RoPE type of `rope_parameters`, `rms_norm_eps`,
+`hidden_act`, `attention_bias`, `mlp_bias`, tying. `pretraining_tp` is not used by Transformers' Llama forward and is
+ignored here too.
 """
 
 from collections.abc import Iterator, Mapping
@@ -46,6 +46,12 @@ _LLAMA_GLOBAL_TENSORS = (  # (Llama name, TinyLM name): the same tensor, copied
 )
 _LLAMA_LAYER_TENSORS = (  # (Llama suffix, TinyLM suffix, the config flag the tensor exists under, or None): copied
     ("input_layernorm.weight", "attn_norm.weight", None),
+    ("self_attn.q_proj.weight", "self_attn.q_proj.weight", None),
+    ("self_attn.q_proj.bias", "self_attn.q_proj.bias", "attention_bias"),
+    ("self_attn.k_proj.weight", "self_attn.k_proj.weight", None),
+    ("self_attn.k_proj.bias", "self_attn.k_proj.bias", "attention_bias"),
+    ("self_attn.v_proj.weight", "self_attn.v_proj.weight", None),
+    ("self_attn.v_proj.bias", "self_attn.v_proj.bias", "attention_bias"),
     ("self_attn.o_proj.weight", "self_attn.o_proj.weight", None),
     ("self_attn.o_proj.bias", "self_attn.o_proj.bias", "attention_bias"),
     ("post_attention_layernorm.weight", "mlp_norm.weight", None),
@@ -56,12 +62,6 @@ _LLAMA_LAYER_TENSORS = (  # (Llama suffix, TinyLM suffix, the config flag the te
     ("mlp.down_proj.weight", "mlp.down_proj.weight", None),
     ("mlp.down_proj.bias", "mlp.down_proj.bias", "mlp_bias"),
 )
-_LLAMA_FUSED_TENSORS = (  # ((Llama q, k, v suffixes), TinyLM suffix, flag): concatenated along the output axis
-    (("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"), "self_attn.qkv_proj.weight",
-     None),
-    (("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"), "self_attn.qkv_proj.bias",
-     "attention_bias"),
-)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -174,9 +174,6 @@ def llama_to_tinylm_tensors(state_dict: Mapping[str, torch.Tensor], config: Tiny
         yield tinylm_name, state_dict[llama_name]
     for i in range(config.num_hidden_layers):
         llama, tinylm = f"model.layers.{i}.", f"model.layers.{i}."
-        for parts, tinylm_suffix, flag in _LLAMA_FUSED_TENSORS:
-            if _present(flag, config):
-                yield tinylm + tinylm_suffix, torch.cat([state_dict[llama + part] for part in parts])
         for llama_suffix, tinylm_suffix, flag in _LLAMA_LAYER_TENSORS:
             if _present(flag, config):
                 yield tinylm + tinylm_suffix, state_dict[llama + llama_suffix]
@@ -185,17 +182,11 @@ def llama_to_tinylm_tensors(state_dict: Mapping[str, torch.Tensor], config: Tiny
 
 
 def tinylm_to_llama_tensors(state_dict: Mapping[str, torch.Tensor], config: TinyLMConfig) -> Tensors:
-    """Yield (Llama name, tensor) for a Llama-compatible TinyLM state dict; q, k and v split by the head sizes."""
-    sizes = [config.num_attention_heads * config.head_dim] + 2 * [config.num_key_value_heads * config.head_dim]
+    """Yield (Llama name, tensor) for a Llama-compatible TinyLM state dict."""
     for llama_name, tinylm_name in _LLAMA_GLOBAL_TENSORS:
         yield llama_name, require_tensor(state_dict, tinylm_name, "TinyLM")
     for i in range(config.num_hidden_layers):
         llama, tinylm = f"model.layers.{i}.", f"model.layers.{i}."
-        for parts, tinylm_suffix, flag in _LLAMA_FUSED_TENSORS:
-            if _present(flag, config):
-                fused = require_tensor(state_dict, tinylm + tinylm_suffix, "TinyLM")
-                for part, tensor in zip(parts, fused.split(sizes), strict=True):
-                    yield llama + part, tensor.contiguous()
         for llama_suffix, tinylm_suffix, flag in _LLAMA_LAYER_TENSORS:
             if _present(flag, config):
                 yield llama + llama_suffix, require_tensor(state_dict, tinylm + tinylm_suffix, "TinyLM")

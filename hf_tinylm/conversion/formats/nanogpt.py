@@ -50,7 +50,8 @@ _NANOGPT_GLOBAL_TENSORS = (  # (nanoGPT name, GPT-2 name, a bias)
     ("lm_head.weight", "lm_head.weight", False),
 )
 # The TinyLM tensors a bias-free nanoGPT has no counterpart for (the LayerNorm biases stay, as zeros).
-_TINYLM_LINEAR_BIASES = ("self_attn.qkv_proj.bias", "self_attn.o_proj.bias", "mlp.up_proj.bias", "mlp.down_proj.bias")
+_TINYLM_LINEAR_BIASES = ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias",
+                         "self_attn.o_proj.bias", "mlp.up_proj.bias", "mlp.down_proj.bias")
 
 
 def nanogpt_tensor_table(n_layer: int, bias: bool) -> list[tuple[str, str, bool]]:
