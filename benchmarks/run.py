@@ -321,6 +321,8 @@ def time_pair(pair: str, dtype: str, device: str, settings: dict, machine: dict,
             kind = task.split("-")[0]
             started = time.perf_counter()
             compiled = task in ("decode-static", "train-compiled")
+            if compiled:  # a fresh compiler cache, as in a fresh process: the forwards of both models share
+                torch._dynamo.reset()  # Transformers' wrapper, whose entries would otherwise hit the recompile limit
             times = interleaved(calls, settings["rounds"][kind], sync, warmup=2 if compiled else 1)
             if task.startswith("train"):
                 for model in models:
