@@ -367,8 +367,8 @@ def time_train_command(settings: dict, corpus: Path | None) -> dict:
             words = [f"word{i % 97}" for i in range(job["steps"] * job["batch"] * job["block"])]
             corpus.write_text("\n".join(" ".join(words[i:i + 12]) for i in range(0, len(words), 12)))
         command = TrainSettings(data=[str(corpus)], preset=job["preset"], tokenizer="byte", block_size=job["block"],
-                                batch_size=job["batch"], max_steps=job["steps"], save_steps=0, progress=False,
-                                quiet=True, output=Path(tmp) / "command", overwrite=True)
+                                batch_size=job["batch"], max_steps=job["steps"], learning_rate=5e-4, save_steps=0,
+                                progress=False, quiet=True, output=Path(tmp) / "command", overwrite=True)
 
         def tinylm_train():
             train(command)
@@ -384,7 +384,8 @@ def time_train_command(settings: dict, corpus: Path | None) -> dict:
             config = TinyLMConfig.from_preset(job["preset"], vocab_size=len(tokenizer), **special)
             args = TrainingArguments(
                 output_dir=str(Path(tmp) / "plain-checkpoints"), per_device_train_batch_size=job["batch"],
-                learning_rate=5e-4, max_steps=job["steps"], logging_steps=command.logging_steps, save_strategy="no",
+                learning_rate=command.learning_rate, max_steps=job["steps"], logging_steps=command.logging_steps,
+                save_strategy="no",
                 seed=command.seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=True, report_to=[],
             )
             trainer = Trainer(model=TinyLMForCausalLM(config), args=args, train_dataset=train_blocks,

@@ -8,7 +8,8 @@ import torch
 from tinylm_testing import VOCAB, build, tiny_config
 
 peft = pytest.importorskip("peft", reason="PEFT is not installed (`pip install -e '.[dev]'` installs it)")
-# PEFT (0.21) itself reads `model.is_gradient_checkpointing`, which Transformers 5.24 deprecates: PEFT's warning, not ours.
+# PEFT (0.21) itself reads `model.is_gradient_checkpointing`, which Transformers 5.24 deprecates: PEFT's warning,
+# not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 
