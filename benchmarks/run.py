@@ -8,7 +8,8 @@ Each pair (TinyLM, reference) holds the same weights and lives in one process. E
 interleaved rounds (A B, then B A, ...), so that machine noise hits both alike, and reports the medians, the spread
 (min-max over rounds) and the per-round throughput ratio TinyLM / reference (> 1: TinyLM is faster). The machine's
 matmul rate and weight-streaming bandwidth turn each throughput into a fraction of its roofline. Peak memory is
-measured in a fresh process per model and task (peak RSS reset before the task), so no task hides behind another's.
+measured in a fresh process per model and task that loads only that model (peak RSS reset before the task), so
+no task hides behind another's.
 Run it on a quiet machine: other load moves the absolute numbers, and widens the spreads of the ratios.
 """
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import (
+    AutoModelForCausalLM,
     CompileConfig,
     GenerationConfig,
     GPT2Config,
@@ -40,6 +42,7 @@ from transformers import (
 from hf_tinylm import TinyLMConfig, TinyLMForCausalLM
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SIDES = ("tinylm", "reference")
 TASKS = ["train", "train-ckpt", "train-compiled", "prefill", "decode", "decode-static", "load", "train-command"]
 # Real text for `train-command`, where a checkout has the shared data beside it; else generated words.
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare"
@@ -60,10 +63,11 @@ QUICK_PAIRS = {
 # train_memory: a second, larger training shape for peak memory only, where the (tokens x vocabulary) logits weigh more.
 FULL = dict(prefill=[(4, 512), (1, 1024)], train=(4, 256), train_memory=(8, 512), decode_batches=[1, 8],
             prompt=32, new_tokens=128, rounds=dict(prefill=10, train=8, decode=5, load=8, command=3), matmul_size=2048,
-            stream_shape=(4096, 8192), train_command=dict(preset="small", steps=60, batch=8, block=128))
+            stream_shape=(4096, 8192), train_command=dict(preset="small", steps=60, batch=8, block=128),
+            memory_probes=3)
 QUICK = dict(prefill=[(2, 32)], train=(2, 32), train_memory=None, decode_batches=[1, 2], prompt=8, new_tokens=8,
              rounds=dict(prefill=2, train=2, decode=2, load=2, command=2), matmul_size=256, stream_shape=(512, 1024),
-             train_command=dict(preset="tiny", steps=2, batch=2, block=16))
+             train_command=dict(preset="tiny", steps=2, batch=2, block=16), memory_probes=1)
 
 # The issue's targets, as TinyLM / reference throughput (load: time, memory: peak, both "TinyLM no worse").
 DECODE_GOALS = {("gpt2", "fp32"): 1.1, ("gpt2", "bf16"): 1.3, ("tiny", "fp32"): 1.5, ("tiny", "bf16"): 1.5}
@@ -413,7 +417,8 @@ def time_train_command(settings: dict, corpus: Path | None) -> dict:
 
 
 def peak_memory(pair: str, dtype: str, device: str, quick: bool, settings: dict) -> list[dict]:
-    """Peak memory of each side and task, each in its own process (see `probe`)."""
+    """Peak memory of each side and task: the median of `memory_probes` probes, each its own process (see `probe`);
+    a task's peak RSS varies from process to process by up to a fifth (allocator and library scratch buffers)."""
     rows = []
     config = (QUICK_PAIRS if quick else PAIRS)[pair][0]()
     # Each task once, at its largest shape (training also at `train_memory`); compiled runs measure the compiler
@@ -425,43 +430,48 @@ def peak_memory(pair: str, dtype: str, device: str, quick: bool, settings: dict)
     chosen = list(largest.items())
     if "train" in largest and settings["train_memory"]:
         chosen.insert(1, ("train", settings["train_memory"]))
-    for task, shape in chosen[:1] if quick else chosen:  # quick: training only, to prove the probe works
-        peaks = {}
-        for side in ("tinylm", "reference"):
-            request = json.dumps(dict(pair=pair, dtype=dtype, device=device, quick=quick, side=side, task=task,
-                                      shape=shape))
-            done = subprocess.run([sys.executable, __file__, "--probe", request], capture_output=True, text=True,
-                                  check=True)
-            peaks[side] = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append(dict(pair=pair, dtype=dtype, task=task, shape=list(shape), tinylm=peaks["tinylm"],
-                         reference=peaks["reference"], ratio=peaks["tinylm"]["peak_mb"] / peaks["reference"]["peak_mb"],
-                         met=peaks["tinylm"]["peak_mb"] <= peaks["reference"]["peak_mb"]))
-        print(f"{pair:5} {dtype} memory {task:13} ratio {rows[-1]['ratio']:.2f}", flush=True)
+    with tempfile.TemporaryDirectory() as folders:  # each side saved once, loaded alone by its probes
+        for side, model in zip(SIDES, build_pair(pair, quick), strict=True):
+            model.save_pretrained(Path(folders) / side)
+        for task, shape in chosen[:1] if quick else chosen:  # quick: training only, to prove the probe works
+            runs = {side: [] for side in SIDES}
+            for _ in range(settings["memory_probes"]):  # sides alternating, as the speed rounds do
+                for side in SIDES:
+                    request = json.dumps(dict(folder=str(Path(folders) / side), dtype=dtype, device=device,
+                                              task=task, shape=shape))
+                    done = subprocess.run([sys.executable, __file__, "--probe", request], capture_output=True,
+                                          text=True, check=True)
+                    runs[side].append(json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"])
+            peaks = {side: dict(peak_mb=statistics.median(mb), probes=mb) for side, mb in runs.items()}
+            ratio = peaks["tinylm"]["peak_mb"] / peaks["reference"]["peak_mb"]
+            rows.append(dict(pair=pair, dtype=dtype, task=task, shape=list(shape), tinylm=peaks["tinylm"],
+                             reference=peaks["reference"], ratio=ratio, met=ratio <= 1))
+            print(f"{pair:5} {dtype} memory {task:13} ratio {ratio:.2f}", flush=True)
     return rows
 
 
 def probe(request: dict) -> dict:
-    """In a fresh process: build one side, reset the peak counters, run its task twice, report the peak (MB).
+    """In a fresh process: load one side's saved folder and nothing else (a heap holding no freed models, whose reuse
+    would make the peak vary from run to run), reset the peak counters, run the task twice, report the peak (MB).
     CPU: the process's peak RSS (Linux `VmHWM`, reset through /proc/self/clear_refs); CUDA: allocated memory."""
-    tiny, reference = build_pair(request["pair"], request["quick"])
-    model = tiny if request["side"] == "tinylm" else reference
-    del tiny, reference
-    dtype, device = DTYPES[request["dtype"]], request["device"]
-    model = model.to(device) if request["task"].startswith("train") else model.to(device, dtype)
-    with tempfile.TemporaryDirectory() as tmp:
-        if request["task"] == "load":
-            model.save_pretrained(tmp)
-        call = runner(model, request["task"], tuple(request["shape"]), dtype, device, Path(tmp))
-        if request["task"] == "load":
-            del model  # the loaded copy is what counts
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        Path("/proc/self/clear_refs").write_text("5")
-        call(), call()
-        if device == "cuda":
-            return dict(peak_mb=torch.cuda.max_memory_allocated() / 2**20)
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-        return dict(peak_mb=int(status["VmHWM"].split()[0]) / 1024)
+    dtype, device, task = DTYPES[request["dtype"]], request["device"], request["task"]
+    folder = Path(request["folder"])
+    if task == "load":  # the loaded copy is what counts
+
+        def call():
+            return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device)
+    else:  # training: fp32 weights (bf16 by autocast); inference: in the dtype
+        weights = torch.float32 if task.startswith("train") else dtype
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=weights, device_map=device)
+        call = runner(model, task, tuple(request["shape"]), dtype, device, folder)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    Path("/proc/self/clear_refs").write_text("5")
+    call(), call()
+    if device == "cuda":
+        return dict(peak_mb=torch.cuda.max_memory_allocated() / 2**20)
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return dict(peak_mb=int(status["VmHWM"].split()[0]) / 1024)
 
 
 # ----------------------------------------------------------------------------------------------- reporting
@@ -513,7 +523,8 @@ def markdown(report: dict) -> str:
         )
     lines += [
         "",
-        "Peak memory (MB; CPU: peak RSS of a fresh process running the task twice), lower is better.",
+        "Peak memory (MB; CPU: peak RSS of a fresh process that loads one model and runs the task twice; the median "
+        f"of {report['settings']['memory_probes']} such processes), lower is better.",
         "",
         "| pair | dtype | task | shape | TinyLM | reference | ratio | ≤ 1 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
