@@ -96,8 +96,8 @@ class TrainSettings(OutputOptions):
     gradient_checkpointing: bool = option(False, group=OPTIMISATION,
                                           help="recompute activations in the backward pass to save memory")
     compile: bool = option(False, group=OPTIMISATION,
-                           help="torch.compile the model (inductor): its compile time (minutes on CPU) pays back only "
-                                "on long runs; see the README's Performance section")
+                           help="torch.compile the model (inductor): its compile time (up to a minute on CPU) pays back "
+                                "only on long runs, mostly with --bf16; see the README's Performance section")
 
     output: Path = option(flags=("--output", "-o"), type=Path, metavar="FOLDER", group=OUTPUT,
                           help="the final model folder")
