@@ -316,11 +316,11 @@ def time_pair(pair: str, dtype: str, device: str, settings: dict, machine: dict,
                 phase = task.startswith("train")
                 models = [m.to(device) if phase else m.to(device, torch_dtype) for m in build_pair(pair, quick)]
             if task == "load":
-                for name, model in zip(("tinylm", "reference"), models):
+                for name, model in zip(SIDES, models, strict=True):
                     model.save_pretrained(Path(tmp) / name)
             calls = {
                 name: runner(model, task, shape, torch_dtype, device, Path(tmp) / name)
-                for name, model in zip(("tinylm", "reference"), models)
+                for name, model in zip(SIDES, models, strict=True)
             }
             kind = task.split("-")[0]
             started = time.perf_counter()
@@ -406,7 +406,7 @@ def time_train_command(settings: dict, corpus: Path | None) -> dict:
     ratios = [r / t for t, r in zip(times["tinylm"], times["reference"])]
     row = dict(pair=job["preset"], dtype="fp32", task="train-command", shape=[job["batch"], job["block"], job["steps"]],
                goal=1.0, ratio=summary(ratios), corpus=source)
-    for name in ("tinylm", "reference"):
+    for name in SIDES:
         row[name] = summary([units / t for t in times[name]])
         row[name]["warmup_seconds"] = times[f"warmup:{name}"][0]
     row["met"] = row["ratio"]["median"] >= row["goal"]

@@ -41,7 +41,8 @@ def test_quick_benchmark_writes_every_measurement_as_json_and_a_markdown_table(t
             assert 0 < row["roofline_fraction"]["tinylm"] and 0 < row["roofline_fraction"]["reference"]
     assert {row["task"] for row in report["memory"]} == {"train"}  # quick: one peak-memory probe
     for side in ("tinylm", "reference"):
-        assert report["memory"][0][side]["peak_mb"] > 0
+        probes = report["memory"][0][side]["probes"]
+        assert len(probes) == report["settings"]["memory_probes"] and report["memory"][0][side]["peak_mb"] > 0
 
     table = (tmp_path / "cpu.md").read_text()
     assert "quick mode" in table
@@ -51,7 +52,7 @@ def test_quick_benchmark_writes_every_measurement_as_json_and_a_markdown_table(t
 
 
 def test_an_interrupted_benchmark_keeps_the_parts_it_finished_marked_partial(tmp_path, monkeypatch):
-    # The full run takes hours: the results are written after each pair and dtype, so stopping it (here: in its
+    # The full run takes about an hour: the results are written after each pair and dtype, so stopping it (here: in its
     # second pair) leaves the first pair's rows, marked partial in both files.
     spec = importlib.util.spec_from_file_location("benchmark_run", BENCHMARK)
     benchmark = importlib.util.module_from_spec(spec)
@@ -88,7 +89,7 @@ def test_operator_profile_shows_both_models_side_by_side_per_call(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith("tiny fp32 decode 1x8x8:") and "reference = GPT2LMHeadModel" in lines[0]
-    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in lines[2:-1]}
+    rows = {name: [float(x) for x in numbers] for name, *numbers in (line.rsplit(maxsplit=4) for line in lines[2:-1])}
     # Both models ran their matrix products: time and calls on each side (the quick decode: 8 new tokens).
     tinylm_ms, tinylm_calls, reference_ms, reference_calls = rows["aten::addmm"]
     assert tinylm_ms > 0 and reference_ms > 0 and tinylm_calls >= 8 and reference_calls >= 8
